@@ -1,0 +1,67 @@
+"""Config keys of the distillation core (``DISTILL.*``), the yacs FCOS (``MODEL.FCOS.*``) and the
+nodes of every registered distiller."""
+
+from __future__ import annotations
+
+from detectron2.config import CfgNode as CN
+from detectron2.config import get_cfg
+
+
+def add_fcos_config(cfg: CN) -> None:
+    """``MODEL.FCOS.*``: FCOS from a YAML file, defaults as detectron2's FCOS model-zoo config."""
+    if "FCOS" in cfg.MODEL:
+        return
+    _C = cfg.MODEL
+    _C.FCOS = CN()
+    _C.FCOS.NUM_CLASSES = 80  # number of foreground classes
+    _C.FCOS.IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]  # backbone features the head reads
+    _C.FCOS.NUM_CONVS = 4  # convs in each of the classification and regression towers
+    _C.FCOS.PRIOR_PROB = 0.01  # initial foreground probability of the classifier
+    _C.FCOS.NORM = "GN"  # norm in the towers: "GN" (GroupNorm(32), as the paper), "BN", "" ...
+    _C.FCOS.CENTER_SAMPLING_RADIUS = 1.5  # positives lie within radius * stride of a box center
+    _C.FCOS.FOCAL_LOSS_ALPHA = 0.25  # focal loss alpha of the classifier
+    _C.FCOS.FOCAL_LOSS_GAMMA = 2.0  # focal loss gamma of the classifier
+    _C.FCOS.SCORE_THRESH_TEST = 0.2  # test score threshold on sqrt(cls score * centerness)
+    _C.FCOS.TOPK_CANDIDATES_TEST = 1000  # candidates per level kept before NMS at test time
+    _C.FCOS.NMS_THRESH_TEST = 0.6  # NMS IoU threshold at test time
+
+
+def add_distill_config(cfg: CN) -> None:
+    """Add ``DISTILL.*``, ``MODEL.FCOS.*`` and the config node of every registered distiller.
+
+    Call it after importing the projects (``distill.load_projects()``) so that their distillers
+    are registered and their keys exist before a YAML file is merged. Idempotent.
+    """
+    from distill.registry import DISTILLER_REGISTRY
+
+    add_fcos_config(cfg)
+    if "DISTILL" not in cfg:
+        _C = cfg
+        _C.DISTILL = CN()
+        # Registered distiller names (DISTILLER_REGISTRY), applied together; [] = plain student.
+        _C.DISTILL.DISTILLERS = []
+        _C.DISTILL.TEACHER = CN()
+        # The teacher's own detectron2 config file (YAML). Needed when a distiller needs a teacher.
+        _C.DISTILL.TEACHER.CONFIG_FILE = ""
+        # The teacher's checkpoint (a detectron2 .pth/.pkl). Needed whenever CONFIG_FILE is used.
+        _C.DISTILL.TEACHER.WEIGHTS = ""
+        # KEY VALUE overrides applied to the teacher config after CONFIG_FILE, e.g. a test size.
+        _C.DISTILL.TEACHER.OPTS = []
+        # Run the teacher under autocast (fp16 on CUDA, bf16 on CPU); its outputs are cast to fp32.
+        _C.DISTILL.TEACHER.AUTOCAST = False
+        # Load teacher weights even when keys are missing/unexpected or shapes differ (only warn).
+        _C.DISTILL.TEACHER.ALLOW_MISMATCHED_WEIGHTS = False
+        # DDP: find parameters without gradient (a distiller switched off by its schedule).
+        _C.DISTILL.FIND_UNUSED_PARAMETERS = True
+    for name in DISTILLER_REGISTRY._obj_map:
+        DISTILLER_REGISTRY.get(name).add_config(cfg)
+
+
+def get_distill_cfg() -> CN:
+    """detectron2's default config plus every key of :func:`add_distill_config`."""
+    import distill
+
+    distill.load_projects()
+    cfg = get_cfg()
+    add_distill_config(cfg)
+    return cfg

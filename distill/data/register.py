@@ -1,0 +1,110 @@
+"""detectron2 registration of the embedded dataset, and a clear error for missing real COCO.
+
+detectron2 is imported inside the functions, so importing this module stays cheap and works
+before detectron2 is installed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from distill.data.synthetic_coco import (
+    DEFAULT_NUM_IMAGES,
+    EMBEDDED_CLASSES,
+    embedded_dataset_paths,
+    ensure_embedded_dataset,
+)
+
+EMBEDDED_DATASET_NAMES = {"embedded_coco_train": "train", "embedded_coco_val": "val"}
+# Metadata keys that builtin detectron2 datasets use for files/folders that must exist.
+_PATH_KEYS = ("json_file", "image_root", "image_dir", "gt_dir", "dirname", "panoptic_root")
+
+
+def register_embedded_datasets(root: str | os.PathLike | None = None) -> list[str]:
+    """Registers ``embedded_coco_train`` / ``embedded_coco_val`` lazily in detectron2.
+
+    Nothing is generated here: the ``DatasetCatalog`` loader calls
+    :func:`ensure_embedded_dataset` (which generates into the cache on first use) and then
+    ``load_coco_json``. ``MetadataCatalog`` gets ``thing_classes``, ``evaluator_type="coco"`` and
+    the deterministic future ``json_file`` / ``image_root`` (COCOEvaluator reads ``json_file``
+    when constructed, which detectron2's trainers do after building the test loader, i.e. after
+    generation). Idempotent: names that are already registered are skipped.
+
+    Args:
+        root: Cache root; resolved now (``$DISTILL_CACHE`` or ``~/.cache/distill`` by default)
+            so later changes of the environment cannot split metadata and data.
+
+    Returns:
+        The names registered by this call.
+    """
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    paths = embedded_dataset_paths(root)
+    resolved_root = Path(paths["dataset_dir"]).parent
+    registered = []
+    for name, split in EMBEDDED_DATASET_NAMES.items():
+        if name in DatasetCatalog.list():
+            continue
+        DatasetCatalog.register(name, lambda name=name, split=split: _load(resolved_root, name, split))
+        MetadataCatalog.get(name).set(
+            thing_classes=list(EMBEDDED_CLASSES),
+            thing_dataset_id_to_contiguous_id={i + 1: i for i in range(len(EMBEDDED_CLASSES))},
+            json_file=paths[split]["json_file"],
+            image_root=paths[split]["image_root"],
+            evaluator_type="coco",
+            num_images=DEFAULT_NUM_IMAGES[split],
+        )
+        registered.append(name)
+    return registered
+
+
+def _load(root: Path, name: str, split: str) -> list[dict[str, Any]]:
+    from detectron2.data.datasets import load_coco_json
+
+    paths = ensure_embedded_dataset(root)
+    return load_coco_json(paths[split]["json_file"], paths[split]["image_root"], name)
+
+
+def check_builtin_dataset_root(dataset_names: str | Iterable[str]) -> None:
+    """Checks that the files of detectron2 builtin datasets (e.g. ``coco_2017_train``) exist.
+
+    Paths come from ``MetadataCatalog`` as set by detectron2's builtin registration, which
+    resolves them under ``$DETECTRON2_DATASETS`` (default ``datasets``) when detectron2 is first
+    imported. Embedded and other non-builtin names without path metadata are skipped.
+
+    Args:
+        dataset_names: One name or several.
+
+    Raises:
+        KeyError: A name is not registered in detectron2's ``DatasetCatalog``.
+        FileNotFoundError: Naming the dataset, the missing annotation file / image directory
+            and the environment variable to set.
+    """
+    import detectron2.data.datasets  # noqa: F401  (registers the builtin datasets)
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    if isinstance(dataset_names, str):
+        dataset_names = [dataset_names]
+    for name in dataset_names:
+        if name in EMBEDDED_DATASET_NAMES:
+            continue
+        if name not in DatasetCatalog.list():
+            raise KeyError(f"Dataset '{name}' is not registered in detectron2's DatasetCatalog.")
+        meta = MetadataCatalog.get(name)
+        expected = {k: getattr(meta, k) for k in _PATH_KEYS if hasattr(meta, k)}
+        missing = {k: p for k, p in expected.items() if p and not os.path.exists(p)}
+        if missing:
+            described = ", ".join(f"{k}={os.path.abspath(p)}" for k, p in expected.items())
+            root = os.environ.get("DETECTRON2_DATASETS", "datasets")
+            raise FileNotFoundError(
+                f"Dataset '{name}' not found: missing "
+                + ", ".join(os.path.abspath(p) for p in missing.values())
+                + f" (expected {described}). Set DETECTRON2_DATASETS (currently {root!r}, read "
+                "when detectron2 is imported) to the folder holding e.g. coco/annotations/ and "
+                "coco/train2017/, or use the embedded datasets "
+                + " / ".join(EMBEDDED_DATASET_NAMES)
+                + " which need no download."
+            )

@@ -1,0 +1,151 @@
+"""DistillTrainer: detectron2's DefaultTrainer for a student with distillers.
+
+Differences from ``DefaultTrainer``:
+
+* the optimizer covers the student and the distillers only (the teacher is not a submodule);
+  each distiller may have its own learning rate and weight decay (``<NODE>.BASE_LR/WEIGHT_DECAY``);
+* DDP works on CPU (gloo) as well as GPU, and finds parameters left unused by a distiller that
+  its schedule switched off;
+* the training data order is a function of ``SEED`` and the iteration, so a resumed run sees
+  the batches an uninterrupted run would have seen (exactly so without aspect-ratio grouping);
+* AMP is refused with a clear message where detectron2's AMPTrainer cannot run (no CUDA);
+* the student is evaluated with COCOEvaluator (pycocotools when detectron2 has no compiled ops).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import weakref
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data import build_detection_train_loader
+from detectron2.data.build import _train_loader_from_config
+from detectron2.data.samplers import TrainingSampler
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
+from detectron2.evaluation import COCOEvaluator
+from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from distill.data.register import check_builtin_dataset_root
+
+logger = logging.getLogger(__name__)
+
+
+class ResumableTrainingSampler(TrainingSampler):
+    """detectron2's infinite shuffled sampler, started ``start_sample`` samples (per rank) in."""
+
+    def __init__(self, size: int, shuffle: bool = True, seed: int | None = None, start: int = 0):
+        super().__init__(size, shuffle=shuffle, seed=seed)
+        self._start_sample = start
+
+    def __iter__(self):
+        first = self._rank + self._start_sample * self._world_size
+        yield from itertools.islice(self._infinite_indices(), first, None, self._world_size)
+
+
+def create_ddp_model(model: nn.Module, find_unused_parameters: bool) -> nn.Module:
+    """Wrap in DDP when distributed; CPU modules (gloo) get no device_ids."""
+    if comm.get_world_size() == 1:
+        return model
+    device_ids = [comm.get_local_rank()] if model.device.type == "cuda" else None
+    return DistributedDataParallel(
+        model,
+        device_ids=device_ids,
+        broadcast_buffers=False,
+        find_unused_parameters=find_unused_parameters,
+    )
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+class DistillTrainer(DefaultTrainer):
+    """Trains a (Distill*) detectron2 model; see the module docstring for what differs."""
+
+    def __init__(self, cfg):
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        if cfg.SOLVER.AMP.ENABLED and not (
+            cfg.MODEL.DEVICE.startswith("cuda") and torch.cuda.is_available()
+        ):
+            raise ValueError("SOLVER.AMP.ENABLED needs MODEL.DEVICE cuda with a GPU available")
+        for name in cfg.DATASETS.TRAIN:
+            check_builtin_dataset_root(name)
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        find_unused = bool(getattr(model, "distillers", None)) and cfg.DISTILL.FIND_UNUSED_PARAMETERS
+        model = create_ddp_model(model, find_unused)
+        trainer_cls = AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
+        self._trainer = trainer_cls(model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = DetectionCheckpointer(
+            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        )
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
+    @classmethod
+    def build_optimizer(cls, cfg, model: nn.Module) -> torch.optim.Optimizer:
+        """SGD over the student's parameters plus one group set per distiller."""
+        defaults = dict(
+            weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
+            bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
+            weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
+        )
+        model = unwrap(model)
+        distillers = getattr(model, "distillers", nn.ModuleDict())
+        student = nn.ModuleList(m for m in model.children() if m is not distillers)
+        params = get_default_optimizer_params(
+            student, base_lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY, **defaults
+        )
+        for distiller in distillers.values():
+            lr = distiller.base_lr if distiller.base_lr >= 0 else cfg.SOLVER.BASE_LR
+            wd = distiller.weight_decay if distiller.weight_decay >= 0 else cfg.SOLVER.WEIGHT_DECAY
+            params += get_default_optimizer_params(distiller, base_lr=lr, weight_decay=wd, **defaults)
+        return maybe_add_gradient_clipping(cfg, torch.optim.SGD)(
+            params,
+            lr=cfg.SOLVER.BASE_LR,
+            momentum=cfg.SOLVER.MOMENTUM,
+            nesterov=cfg.SOLVER.NESTEROV,
+            weight_decay=cfg.SOLVER.WEIGHT_DECAY,
+        )
+
+    @classmethod
+    def build_train_loader(cls, cfg, start_iter: int = 0):
+        """detectron2's train loader; the default sampler is seeded by ``SEED`` (when >= 0) and
+        starts where iteration ``start_iter`` begins."""
+        kwargs = _train_loader_from_config(cfg)
+        if cfg.DATALOADER.SAMPLER_TRAIN == "TrainingSampler":
+            per_rank = cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size()
+            kwargs["sampler"] = ResumableTrainingSampler(
+                len(kwargs["dataset"]),
+                seed=cfg.SEED if cfg.SEED >= 0 else None,
+                start=start_iter * per_rank,
+            )
+        return build_detection_train_loader(**kwargs)
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name: str, output_folder: str | None = None):
+        check_builtin_dataset_root(dataset_name)
+        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
+        return COCOEvaluator(dataset_name, output_dir=output_folder)
+
+    def resume_or_load(self, resume: bool = True) -> None:
+        """As detectron2's; a resumed run also continues the data order where it stopped."""
+        super().resume_or_load(resume=resume)
+        if self.start_iter > 0:
+            loader = self.build_train_loader(self.cfg, start_iter=self.start_iter)
+            self._trainer.data_loader = loader
+            self._trainer._data_loader_iter = iter(loader)

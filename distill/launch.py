@@ -1,0 +1,63 @@
+"""Running ``main(args)`` on one process, with detectron2's ``launch``, or under ``torchrun``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import torch
+import torch.distributed as dist
+from detectron2.engine import launch
+from detectron2.utils import comm
+
+
+def launched_by_torchrun() -> bool:
+    """torchrun (and torch.distributed.run) sets these for every worker process."""
+    return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"))
+
+
+def init_torchrun_process_group() -> None:
+    """Join the torchrun job: NCCL with CUDA (one GPU per local rank), gloo on CPU.
+
+    Also creates detectron2's per-machine process group, which ``comm.get_local_rank`` needs.
+    """
+    world_size = int(os.environ["WORLD_SIZE"])
+    local_size = int(os.environ["LOCAL_WORLD_SIZE"])
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group(backend=backend, init_method="env://")
+    machine = rank // local_size
+    for i in range(world_size // local_size):
+        group = dist.new_group(list(range(i * local_size, (i + 1) * local_size)))
+        if i == machine:
+            comm._LOCAL_PROCESS_GROUP = group
+    comm.synchronize()
+
+
+def run(main: Callable, args) -> object:
+    """Run ``main(args)`` under torchrun's environment, or through detectron2's ``launch``.
+
+    detectron2's ``launch`` spawns one process per GPU and needs CUDA for more than one;
+    ``torchrun --nproc_per_node N tools/train_net.py ...`` runs N processes on CPU too (gloo).
+    """
+    if launched_by_torchrun():
+        init_torchrun_process_group()
+        try:
+            return main(args)
+        finally:
+            dist.destroy_process_group()
+    if args.num_gpus > 1 and not torch.cuda.is_available():
+        raise SystemExit(
+            "--num-gpus > 1 needs CUDA; on CPU run several processes with "
+            "`torchrun --nproc_per_node N tools/train_net.py ...` instead"
+        )
+    return launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )

@@ -1,0 +1,138 @@
+"""Training-time distillation added to a detectron2 meta-architecture.
+
+:class:`DistillMixin` goes before a detectron2 meta-architecture in the bases of a class. The
+student's modules and parameter names stay those of the plain detector; distillers live under
+``distillers.*`` and the teacher outside the module tree. In eval mode, or with no distiller,
+``forward`` is the plain detector's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+
+import torch
+from detectron2.utils.events import get_event_storage
+from torch import nn
+
+from distill.context import DistillContext
+from distill.distiller import Distiller
+from distill.hooks import FeatureRecorder, tap_method
+from distill.registry import get_distiller_class
+from distill.teacher import Teacher, build_teacher
+
+logger = logging.getLogger(__name__)
+
+BACKBONE = "backbone"
+
+
+def distill_from_config(cfg) -> dict:
+    """The ``distillers`` factory and ``teacher`` kwargs of a Distill meta-architecture."""
+    names = list(cfg.DISTILL.DISTILLERS)
+    if len(set(names)) != len(names):
+        raise ValueError(f"DISTILL.DISTILLERS lists a distiller twice: {names}")
+    classes = {name: get_distiller_class(name) for name in names}
+    teacher = None
+    if any(cls.needs & {"teacher", "teacher_features"} for cls in classes.values()):
+        teacher = build_teacher(cfg, cfg.INPUT.FORMAT)
+    elif cfg.DISTILL.TEACHER.CONFIG_FILE:
+        logger.info("DISTILL.TEACHER is set but no configured distiller needs it: not built")
+    teacher_shapes = teacher.model.backbone.output_shape() if teacher else None
+
+    def build_distillers(student_shapes) -> dict[str, Distiller]:
+        return {n: c(cfg, student_shapes, teacher_shapes) for n, c in classes.items()}
+
+    return {"distillers": build_distillers, "teacher": teacher}
+
+
+class DistillMixin:
+    """Adds distillers (and a frozen teacher) to a detectron2 meta-architecture's training."""
+
+    def _setup_distill(
+        self,
+        distillers: dict[str, Distiller] | Callable[..., dict[str, Distiller]] | None,
+        teacher: Teacher | None,
+    ) -> None:
+        if callable(distillers):
+            distillers = distillers(self.backbone.output_shape())
+        self.distillers = nn.ModuleDict(distillers or {})
+        object.__setattr__(self, "_teacher", teacher)  # not a submodule, on purpose
+        wanted = [d for d in self.distillers.values() if d.needs_teacher]
+        if wanted and teacher is None:
+            raise ValueError(f"{[type(d).__name__ for d in wanted]} need a teacher; none given")
+        needs = set().union(*(d.needs for d in self.distillers.values()))
+        if "sampled_proposals" in needs and not hasattr(self, "roi_heads"):
+            raise ValueError(
+                f"{type(self).__name__} has no RoI heads: 'sampled_proposals' are only available "
+                "with DistillGeneralizedRCNN"
+            )
+        self._tap_proposals = "sampled_proposals" in needs
+        student_paths = [BACKBONE] + [p for d in self.distillers.values() for p in d.student_modules]
+        self._student_recorder = FeatureRecorder(self, student_paths, owner="student")
+        teacher_paths = [p for d in self.distillers.values() for p in d.teacher_modules]
+        self._teacher_recorder = None
+        if teacher_paths:
+            outside = [p for p in teacher_paths if not p.startswith(BACKBONE + ".")]
+            if outside:
+                raise ValueError(
+                    f"teacher module paths {outside} are outside the teacher backbone; the core "
+                    "runs only the teacher backbone, run other teacher parts in the distiller"
+                )
+            self._teacher_recorder = FeatureRecorder(teacher.model, teacher_paths, owner="teacher")
+
+    @property
+    def teacher(self) -> Teacher | None:
+        """The frozen teacher (not a submodule: never in state_dict, optimizer or DDP)."""
+        return self._teacher
+
+    def _apply(self, fn, *args, **kwargs):
+        # Keep the teacher on the student's device and dtype (.to(), .cuda(), .half(), ...).
+        super()._apply(fn, *args, **kwargs)
+        if self.__dict__.get("_teacher") is not None:
+            self._teacher.model._apply(fn, *args, **kwargs)
+        return self
+
+    def forward(self, batched_inputs):
+        if not self.training or len(self.distillers) == 0:
+            return super().forward(batched_inputs)
+        iteration = get_event_storage().iter
+        active = {n: d for n, d in self.distillers.items() if d.is_active(iteration)}
+        if not active:
+            return super().forward(batched_inputs)
+
+        captured: dict = {}
+        with contextlib.ExitStack() as stack:
+            student_records = stack.enter_context(self._student_recorder.recording())
+            stack.enter_context(tap_method(self, "preprocess_image", captured, "images"))
+            if self._tap_proposals:
+                stack.enter_context(
+                    tap_method(
+                        self.roi_heads, "label_and_sample_proposals", captured, "sampled_proposals"
+                    )
+                )
+            losses = super().forward(batched_inputs)
+
+        context = DistillContext(
+            student=self,
+            batched_inputs=batched_inputs,
+            iteration=iteration,
+            images=captured["images"],
+            student_features=student_records.pop(BACKBONE),
+            sampled_proposals=captured.get("sampled_proposals"),
+            student_records=student_records,
+            teacher=self._teacher,
+            teacher_recorder=self._teacher_recorder,
+            input_format=self.input_format,
+        )
+        # Distillation losses are computed in fp32 even when the student runs under autocast.
+        with torch.autocast(self.device.type, enabled=False):
+            for name, distiller in active.items():
+                for key, value in distiller(context).items():
+                    if not key.startswith(distiller.loss_prefix) or key in losses:
+                        raise KeyError(
+                            f"distiller {name!r} returned loss {key!r}: names must start with "
+                            f"{distiller.loss_prefix!r} and not repeat another loss"
+                        )
+                    losses[key] = value * distiller.loss_weight
+        return losses

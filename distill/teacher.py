@@ -1,0 +1,152 @@
+"""The frozen teacher: built from its own config file, weights and overrides.
+
+The teacher is held by the student meta-architecture *outside* its module tree, so it is never in
+the student's ``state_dict``, ``parameters()``, optimizer, DDP reducer or checkpoints, and
+``student.train()`` cannot switch it out of eval mode. The student moves it along in ``_apply``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import CfgNode
+from detectron2.modeling import build_model
+from detectron2.structures import ImageList
+from torch import nn
+
+from distill.checkpoint import DISTILLER_PREFIX, check_local_weights
+
+logger = logging.getLogger(__name__)
+
+_SWAPPABLE_FORMATS = {"RGB", "BGR"}
+
+
+class TeacherWeightsError(ValueError):
+    """The teacher checkpoint does not fit the teacher architecture."""
+
+
+class Teacher:
+    """A frozen detector: eval mode, no gradients, ``no_grad`` (optionally autocast) forward.
+
+    Args:
+        model: a detectron2 meta-architecture with weights loaded.
+        input_format: the teacher's ``INPUT.FORMAT``.
+        autocast: run forwards under ``torch.autocast`` (outputs are cast back to fp32).
+    """
+
+    def __init__(self, model: nn.Module, input_format: str, autocast: bool = False):
+        self.model = model.eval().requires_grad_(False)
+        self.input_format = input_format
+        self.autocast = autocast
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @contextlib.contextmanager
+    def inference(self) -> Iterator[None]:
+        """``no_grad`` and, if configured, autocast for running any part of the teacher."""
+        with torch.no_grad(), torch.autocast(self.device.type, enabled=self.autocast):
+            yield
+
+    def preprocess(self, batched_inputs: list[dict], student_format: str) -> ImageList:
+        """The student's (augmented) images, in the teacher's channel order and normalisation.
+
+        Returns:
+            ImageList of (N, C, H, W) padded to the teacher backbone's size divisibility.
+        """
+        images = [x["image"].to(self.device) for x in batched_inputs]
+        if student_format != self.input_format:
+            images = [x.flip(0) for x in images]
+        mean, std = self.model.pixel_mean, self.model.pixel_std
+        images = [(x - mean) / std for x in images]
+        return ImageList.from_tensors(images, self.model.backbone.size_divisibility)
+
+    def features(self, images: ImageList) -> dict[str, torch.Tensor]:
+        """Backbone features of the teacher, fp32 and detached: name -> (N, C, Hi, Wi)."""
+        with self.inference():
+            features = self.model.backbone(images.tensor)
+        return {k: v.float() for k, v in features.items()}
+
+
+def build_teacher(cfg: CfgNode, student_format: str) -> Teacher:
+    """Build the teacher described by ``cfg.DISTILL.TEACHER`` and load its weights.
+
+    The teacher config is detectron2's defaults + every distill key, merged with ``CONFIG_FILE``
+    and then ``OPTS``; distillers of the teacher config are ignored (it is built plain).
+    Checkpoint keys of distillers (``distillers.*``) are dropped, so a distilled student's
+    checkpoint can teach.
+
+    Raises:
+        ValueError / FileNotFoundError: a key is empty or names a missing file.
+        TeacherWeightsError: missing, unexpected or wrongly shaped keys, unless
+            ``DISTILL.TEACHER.ALLOW_MISMATCHED_WEIGHTS``.
+    """
+    from distill.config import get_distill_cfg
+
+    tcfg = cfg.DISTILL.TEACHER
+    if not tcfg.CONFIG_FILE:
+        raise ValueError(
+            f"DISTILL.DISTILLERS={list(cfg.DISTILL.DISTILLERS)} need a teacher, but "
+            "DISTILL.TEACHER.CONFIG_FILE is empty: set it to the teacher's detectron2 config file."
+        )
+    if not os.path.isfile(tcfg.CONFIG_FILE):
+        raise FileNotFoundError(f"DISTILL.TEACHER.CONFIG_FILE: no file at {tcfg.CONFIG_FILE!r}")
+    if not tcfg.WEIGHTS:
+        raise ValueError(
+            "DISTILL.TEACHER.WEIGHTS is empty: a teacher needs trained weights "
+            f"(the checkpoint of the model described by {tcfg.CONFIG_FILE})."
+        )
+    check_local_weights(tcfg.WEIGHTS, "DISTILL.TEACHER.WEIGHTS")
+
+    teacher_cfg = get_distill_cfg()
+    teacher_cfg.merge_from_file(tcfg.CONFIG_FILE)
+    teacher_cfg.merge_from_list(list(tcfg.OPTS))
+    teacher_cfg.DISTILL.DISTILLERS = []
+    teacher_cfg.MODEL.DEVICE = cfg.MODEL.DEVICE
+    teacher_cfg.MODEL.WEIGHTS = tcfg.WEIGHTS
+    teacher_cfg.freeze()
+    model = build_model(teacher_cfg)
+    load_teacher_weights(model, tcfg.WEIGHTS, tcfg.ALLOW_MISMATCHED_WEIGHTS)
+
+    fmt = teacher_cfg.INPUT.FORMAT
+    if fmt != student_format and not {fmt, student_format} <= _SWAPPABLE_FORMATS:
+        raise ValueError(
+            f"teacher INPUT.FORMAT {fmt!r} cannot be derived from the student's {student_format!r}"
+        )
+    return Teacher(model, fmt, autocast=tcfg.AUTOCAST)
+
+
+def load_teacher_weights(model: nn.Module, path: str, allow_mismatch: bool) -> None:
+    """Load ``path`` into ``model``, refusing any incompatibility unless ``allow_mismatch``."""
+    checkpointer = DetectionCheckpointer(model)
+    checkpoint = checkpointer._load_file(path)
+    state = checkpoint.get("model", checkpoint)
+    for key in [k for k in state if k.startswith(DISTILLER_PREFIX)]:
+        del state[key]
+    incompatible = checkpointer._load_model(checkpoint)
+    problems = {
+        "missing keys": list(incompatible.missing_keys),
+        "unexpected keys": list(incompatible.unexpected_keys),
+        "wrong shapes": [f"{k}: {c} in file, {m} in model" for k, c, m in
+                         incompatible.incorrect_shapes],  # fmt: skip
+    }
+    problems = {kind: items for kind, items in problems.items() if items}
+    if not problems:
+        logger.info(f"teacher weights loaded from {path}")
+        return
+    report = "; ".join(
+        f"{len(items)} {kind} (e.g. {', '.join(items[:3])})" for kind, items in problems.items()
+    )
+    if not allow_mismatch:
+        raise TeacherWeightsError(
+            f"DISTILL.TEACHER.WEIGHTS {path!r} does not fit the teacher architecture: {report}. "
+            "Check DISTILL.TEACHER.CONFIG_FILE, or set DISTILL.TEACHER.ALLOW_MISMATCHED_WEIGHTS "
+            "True to load it anyway."
+        )
+    logger.warning(f"teacher weights {path} loaded with mismatches: {report}")

@@ -1,0 +1,57 @@
+#!/usr/bin/env python
+"""Train or evaluate any model of this codebase: plain or distilled students, every project.
+
+    python tools/train_net.py --config-file configs/embedded/retinanet_R18_small.yaml
+    python tools/train_net.py --config-file CFG --eval-only MODEL.WEIGHTS output/x/model_final.pth
+    python tools/train_net.py --config-file CFG --num-gpus 8                 # one machine, 8 GPUs
+    torchrun --nproc_per_node 2 tools/train_net.py --config-file CFG         # CPU processes (gloo)
+
+Trailing ``KEY VALUE`` pairs override the config. ``--eval-only`` evaluates the student alone
+(the plain detector; distiller weights in the checkpoint are ignored, no teacher is built).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from detectron2.engine import default_argument_parser, default_setup
+from detectron2.evaluation import verify_results
+from detectron2.modeling import build_model
+
+import distill
+from distill.checkpoint import StudentCheckpointer
+from distill.engine import DistillTrainer
+from distill.export import plain_config
+from distill.launch import run
+
+logger = logging.getLogger("distill")
+
+
+def setup(args):
+    """Config = detectron2 defaults + every registered key, the file, then the overrides."""
+    cfg = distill.get_distill_cfg()
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+    default_setup(cfg, args)
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        student_cfg = plain_config(cfg)
+        model = build_model(student_cfg)
+        StudentCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume
+        )
+        results = DistillTrainer.test(cfg, model)
+        verify_results(cfg, results)
+        return results
+    trainer = DistillTrainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+if __name__ == "__main__":
+    run(main, default_argument_parser().parse_args())
