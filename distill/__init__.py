@@ -7,7 +7,7 @@ group ``distill.projects``) so that their distillers are registered.
 
 from importlib.metadata import entry_points
 
-from distill import modeling, modules  # noqa: F401  (registration)
+from distill import distillers, modeling, modules  # noqa: F401  (registration)
 from distill.config import add_distill_config, get_distill_cfg
 from distill.context import DistillContext
 from distill.data.register import register_embedded_datasets

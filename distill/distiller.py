@@ -116,4 +116,3 @@ class Distiller(nn.Module):
     def forward(self, context: DistillContext) -> dict[str, torch.Tensor]:
         """Return this distiller's unweighted losses (scalars), named with ``loss_prefix``."""
         raise NotImplementedError(f"{type(self).__name__} must implement forward(context)")
-

@@ -83,7 +83,9 @@ class DistillTrainer(DefaultTrainer):
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
-        find_unused = bool(getattr(model, "distillers", None)) and cfg.DISTILL.FIND_UNUSED_PARAMETERS
+        find_unused = (
+            bool(getattr(model, "distillers", None)) and cfg.DISTILL.FIND_UNUSED_PARAMETERS
+        )
         model = create_ddp_model(model, find_unused)
         trainer_cls = AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
         self._trainer = trainer_cls(model, data_loader, optimizer)
@@ -113,7 +115,9 @@ class DistillTrainer(DefaultTrainer):
         for distiller in distillers.values():
             lr = distiller.base_lr if distiller.base_lr >= 0 else cfg.SOLVER.BASE_LR
             wd = distiller.weight_decay if distiller.weight_decay >= 0 else cfg.SOLVER.WEIGHT_DECAY
-            params += get_default_optimizer_params(distiller, base_lr=lr, weight_decay=wd, **defaults)
+            params += get_default_optimizer_params(
+                distiller, base_lr=lr, weight_decay=wd, **defaults
+            )
         return maybe_add_gradient_clipping(cfg, torch.optim.SGD)(
             params,
             lr=cfg.SOLVER.BASE_LR,

@@ -133,8 +133,9 @@ def load_teacher_weights(model: nn.Module, path: str, allow_mismatch: bool) -> N
     problems = {
         "missing keys": list(incompatible.missing_keys),
         "unexpected keys": list(incompatible.unexpected_keys),
-        "wrong shapes": [f"{k}: {c} in file, {m} in model" for k, c, m in
-                         incompatible.incorrect_shapes],  # fmt: skip
+        "wrong shapes": [
+            f"{k}: {c} in file, {m} in model" for k, c, m in incompatible.incorrect_shapes
+        ],  # fmt: skip
     }
     problems = {kind: items for kind, items in problems.items() if items}
     if not problems:

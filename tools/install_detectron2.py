@@ -297,7 +297,9 @@ def main() -> int:
         print("keeping the installed detectron2")
         return 0
     if found is not None:
-        print(f"installed stand-in comes from recipe {found[1]}; reinstalling with {RECIPE_VERSION}")
+        print(
+            f"installed stand-in comes from recipe {found[1]}; reinstalling with {RECIPE_VERSION}"
+        )
     try:
         install_from_sdist(args.no_cache_dir)
     except RecipeError as e:

@@ -48,7 +48,9 @@ def register_embedded_datasets(root: str | os.PathLike | None = None) -> list[st
     for name, split in EMBEDDED_DATASET_NAMES.items():
         if name in DatasetCatalog.list():
             continue
-        DatasetCatalog.register(name, lambda name=name, split=split: _load(resolved_root, name, split))
+        DatasetCatalog.register(
+            name, lambda name=name, split=split: _load(resolved_root, name, split)
+        )
         MetadataCatalog.get(name).set(
             thing_classes=list(EMBEDDED_CLASSES),
             thing_dataset_id_to_contiguous_id={i + 1: i for i in range(len(EMBEDDED_CLASSES))},

@@ -71,8 +71,9 @@ _SHAPES = {
     "square": lambda u, v: np.maximum(np.abs(u), np.abs(v)) <= 0.72,
     "triangle": lambda u, v: _polygon(u, v, (-90, 30, 150), 0.5),
     "ring": lambda u, v: (np.hypot(u, v) <= 1) & (np.hypot(u, v) >= 0.58),
-    "cross": lambda u, v: ((np.abs(u) <= 0.27) & (np.abs(v) <= 0.95))
-    | ((np.abs(v) <= 0.27) & (np.abs(u) <= 0.95)),
+    "cross": lambda u, v: (
+        ((np.abs(u) <= 0.27) & (np.abs(v) <= 0.95)) | ((np.abs(v) <= 0.27) & (np.abs(u) <= 0.95))
+    ),
     "star": _star,
     "capsule": lambda u, v: _capsule_dist(u, v) <= 0.45,
     "hexagon": lambda u, v: _polygon(u, v, (0, 60, 120, 180, 240, 300), 0.87),
@@ -184,5 +185,3 @@ def render_image(
         if full_area > 0 and area >= max(MIN_VISIBLE_FRACTION * full_area, 6):
             objects.append((cat_id, visible))
     return np.clip(np.rint(img), 0, 255).astype(np.uint8), objects
-
-

@@ -68,7 +68,9 @@ class DistillMixin:
                 "with DistillGeneralizedRCNN"
             )
         self._tap_proposals = "sampled_proposals" in needs
-        student_paths = [BACKBONE] + [p for d in self.distillers.values() for p in d.student_modules]
+        student_paths = [BACKBONE] + [
+            p for d in self.distillers.values() for p in d.student_modules
+        ]
         self._student_recorder = FeatureRecorder(self, student_paths, owner="student")
         teacher_paths = [p for d in self.distillers.values() for p in d.teacher_modules]
         self._teacher_recorder = None

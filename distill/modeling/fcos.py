@@ -112,4 +112,3 @@ class FCOS(D2FCOS):
                 labels.append(torch.full((num_anchors,), self.num_classes, device=device))
                 boxes.append(Boxes(torch.zeros(num_anchors, 4, device=device)))
         return labels, boxes
-

@@ -25,7 +25,9 @@ def masked_mse(
         scalar tensor.
     """
     if student.shape != teacher.shape:
-        raise ValueError(f"masked_mse: shapes differ, {tuple(student.shape)} vs {tuple(teacher.shape)}")
+        raise ValueError(
+            f"masked_mse: shapes differ, {tuple(student.shape)} vs {tuple(teacher.shape)}"
+        )
     diff = (student.float() - teacher.detach().float()) ** 2
     if mask is None:
         return diff.mean()
