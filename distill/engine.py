@@ -8,6 +8,8 @@ Differences from ``DefaultTrainer``:
   its schedule switched off;
 * the training data order is a function of ``SEED`` and the iteration, so a resumed run sees
   the batches an uninterrupted run would have seen (exactly so without aspect-ratio grouping);
+* the optimizer state (momentum) and the dense detectors' loss normalizer are checkpointed with
+  the iteration and the LR schedule;
 * AMP is refused with a clear message where detectron2's AMPTrainer cannot run (no CUDA);
 * the student is evaluated with COCOEvaluator (pycocotools when detectron2 has no compiled ops).
 """
@@ -32,9 +34,13 @@ from detectron2.utils.logger import setup_logger
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from distill.checkpoint import check_local_weights
 from distill.data.register import check_builtin_dataset_root
 
 logger = logging.getLogger(__name__)
+
+# Training state that dense detectors keep as plain attributes (EMA of the positive-anchor count).
+RESUMABLE_MODEL_ATTRIBUTES = ("loss_normalizer",)
 
 
 class ResumableTrainingSampler(TrainingSampler):
@@ -146,8 +152,41 @@ class DistillTrainer(DefaultTrainer):
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
         return COCOEvaluator(dataset_name, output_dir=output_folder)
 
+    def state_dict(self) -> dict:
+        """Iteration, hook states (LR schedule), optimizer state (SGD momentum) and the
+        model's running loss normalizers, which detectron2 keeps outside the state_dict."""
+        state = super().state_dict()
+        state["_trainer"] = self._trainer.state_dict()
+        model = unwrap(self.model)
+        state["model_attributes"] = {
+            name: float(getattr(model, name))
+            for name in RESUMABLE_MODEL_ATTRIBUTES
+            if hasattr(model, name)
+        }
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        if "_trainer" in state_dict:
+            self._trainer.load_state_dict(state_dict["_trainer"])
+        model = unwrap(self.model)
+        for name, value in state_dict.get("model_attributes", {}).items():
+            setattr(model, name, value)
+
     def resume_or_load(self, resume: bool = True) -> None:
-        """As detectron2's; a resumed run also continues the data order where it stopped."""
+        """As detectron2's; a resumed run also continues the data order where it stopped.
+
+        Without a checkpoint to resume from, a non-empty ``MODEL.WEIGHTS`` must be an existing
+        local file: nothing is downloaded, and a missing file fails here, naming the path.
+        """
+        if self.cfg.MODEL.WEIGHTS and not (resume and self.checkpointer.has_checkpoint()):
+            try:
+                check_local_weights(self.cfg.MODEL.WEIGHTS, "MODEL.WEIGHTS")
+            except FileNotFoundError as e:
+                raise FileNotFoundError(
+                    f"{e} The pretrained weights of the COCO configs and where to get them are "
+                    "listed in configs/coco/README.md."
+                ) from None
         super().resume_or_load(resume=resume)
         if self.start_iter > 0:
             loader = self.build_train_loader(self.cfg, start_iter=self.start_iter)

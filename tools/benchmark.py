@@ -1,0 +1,197 @@
+#!/usr/bin/env python
+"""Benchmark what distillation costs, on one fixed batch, in one run.
+
+Phases (distill/benchmark.py says how time and memory are measured):
+
+* train step (forward + backward + SGD step) of the student alone (DISTILL.DISTILLERS=[]) and
+  with the configured distillers and teacher, and their time / memory ratios;
+* the teacher's forward alone (preprocess + backbone, no_grad), when there is a teacher;
+* eval-mode inference of the plain detector, of the extracted student (the Distill model's
+  student weights in the plain detector) and of the Distill model: the times should be equal.
+
+The batch is the first B images of DATASETS.TRAIN[0] through detectron2's DatasetMapper
+(resized to shortest edge S, no random flip) or, if that does not load (or ``--data
+synthetic``), B random S x S images with random boxes. Smoke usage on a CPU, with a random-init
+ResNet-34 teacher written to /tmp first:
+
+    python -c "import distill; from detectron2.modeling import build_model; \\
+    from detectron2.checkpoint import DetectionCheckpointer as C; \\
+    from distill.export import plain_config as p; cfg = distill.get_distill_cfg(); \\
+    cfg.merge_from_file('configs/embedded/faster_rcnn_R34_teacher.yaml'); \\
+    C(build_model(p(cfg)), '/tmp').save('teacher_R34_random')"
+    OMP_NUM_THREADS=2 python tools/benchmark.py \\
+        --config-file configs/embedded/faster_rcnn_R18_small.yaml \\
+        --iters 2 --warmup 1 --batch-size 2 --image-size 128 --json /tmp/bench.json \\
+        DISTILL.DISTILLERS '["FeatureKD"]' \\
+        DISTILL.TEACHER.CONFIG_FILE configs/embedded/faster_rcnn_R34_teacher.yaml \\
+        DISTILL.TEACHER.WEIGHTS /tmp/teacher_R34_random.pth
+
+Without distillers in the config only the student and inference phases run. Add
+``MODEL.DEVICE cuda`` to measure on a GPU. The JSON (default ``OUTPUT_DIR/benchmark.json``)
+holds the config, device, torch version, the batch, every phase's times and memory, the ratios
+and the checks of the extracted student.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from typing import Any
+
+import torch
+from detectron2.config import CfgNode
+from detectron2.structures import Boxes, Instances
+
+import distill
+from distill.benchmark import PHASES, run_benchmark
+from distill.export import plain_config
+
+
+def synthetic_batch(
+    batch_size: int, image_size: int, num_classes: int, seed: int = 0
+) -> list[dict[str, Any]]:
+    """DatasetMapper-style inputs: uint8 images (3, S, S) with 1-3 random GT boxes each."""
+    g = torch.Generator().manual_seed(seed)
+    batch = []
+    for i in range(batch_size):
+        s = image_size
+        image = torch.randint(0, 256, (3, s, s), generator=g, dtype=torch.uint8)
+        n = 1 + i % 3
+        xy = torch.rand(n, 2, generator=g) * s * 0.6
+        wh = s * 0.1 + torch.rand(n, 2, generator=g) * s * 0.3
+        inst = Instances((s, s))
+        inst.gt_boxes = Boxes(torch.cat([xy, xy + wh], dim=1))
+        inst.gt_classes = torch.randint(0, num_classes, (n,), generator=g)
+        batch.append({"image": image, "instances": inst, "height": s, "width": s})
+    return batch
+
+
+def dataset_batch(cfg: CfgNode, batch_size: int, image_size: int) -> list[dict[str, Any]]:
+    """The first ``batch_size`` images of ``DATASETS.TRAIN[0]`` through detectron2's
+    ``DatasetMapper`` (train mode), resized to shortest edge ``image_size``, no random flip."""
+    import detectron2.data.transforms as T
+    from detectron2.data import DatasetCatalog, DatasetMapper
+
+    dicts = DatasetCatalog.get(cfg.DATASETS.TRAIN[0])[:batch_size]
+    if len(dicts) < batch_size:
+        raise ValueError(f"{cfg.DATASETS.TRAIN[0]} has fewer than {batch_size} images")
+    kwargs = DatasetMapper.from_config(cfg, is_train=True)
+    max_size = max(cfg.INPUT.MAX_SIZE_TRAIN, image_size)
+    kwargs["augmentations"] = [T.ResizeShortestEdge((image_size,), max_size, "choice")]
+    mapper = DatasetMapper(**kwargs)
+    return [mapper(d) for d in dicts]
+
+
+def load_batch(
+    cfg: CfgNode, batch_size: int, image_size: int | None, data: str = "auto", seed: int = 0
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The fixed batch and its description; ``data``: ``"auto"``, ``"real"`` or ``"synthetic"``.
+
+    ``image_size`` defaults to ``max(cfg.INPUT.MIN_SIZE_TRAIN)``; with ``"auto"`` a dataset that
+    fails to load falls back to synthetic images and the reason is recorded.
+    """
+    size = image_size or max(cfg.INPUT.MIN_SIZE_TRAIN)
+    info: dict[str, Any] = {"source": "synthetic", "image_size": size}
+    batch = None
+    if data != "synthetic":
+        try:
+            batch = dataset_batch(cfg, batch_size, size)
+            info["source"] = f"dataset:{cfg.DATASETS.TRAIN[0]}"
+        except Exception as e:
+            if data == "real":
+                raise
+            info["fallback_reason"] = f"{type(e).__name__}: {e}"
+    if batch is None:
+        arch = plain_config(cfg).MODEL.META_ARCHITECTURE
+        head = {"RetinaNet": cfg.MODEL.RETINANET, "FCOS": cfg.MODEL.FCOS}.get(arch)
+        num_classes = (head or cfg.MODEL.ROI_HEADS).NUM_CLASSES
+        batch = synthetic_batch(batch_size, size, num_classes, seed)
+    info["image_shapes"] = [list(x["image"].shape) for x in batch]
+    return batch, info
+
+
+def format_report(result: dict[str, Any]) -> str:
+    """Plain-text tables: the phases (ms, MiB), then the ratios."""
+    from tabulate import tabulate
+
+    def num(value: float | None, scale: float = 1.0) -> str:
+        return "-" if value is None or not math.isfinite(value) else f"{scale * value:.1f}"
+
+    rows = [
+        [name, PHASES[name], num(p["median_s"], 1e3), num(p["mean_s"], 1e3),
+         num(p["model_mib"]), num(p["step_peak_mib"]), num(p["total_mib"])]
+        for name, p in result["phases"].items()
+    ]  # fmt: skip
+    headers = ["phase", "what", "median ms", "mean ms", "model MiB", "step peak MiB", "total MiB"]
+    ratios = [[k, "-" if v is None else f"{v:.3f}"] for k, v in result["ratios"].items()]
+    return (
+        f"{tabulate(rows, headers, disable_numparse=True)}\n\n"
+        f"{tabulate(ratios, ['ratio', 'value'], disable_numparse=True)}\n"
+        f"memory: {result['memory_method']}"
+    )
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config-file", required=True, help="training config (Distill* model)")
+    parser.add_argument("--iters", type=int, default=10, help="timed calls per phase")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed calls before them")
+    parser.add_argument("--batch-size", type=int, default=2, help="images per batch")
+    parser.add_argument(
+        "--image-size", type=int, default=None, help="shortest edge (default: the config's max)"
+    )
+    parser.add_argument(
+        "--data",
+        choices=("auto", "real", "synthetic"),
+        default="auto",
+        help="first images of DATASETS.TRAIN[0], random images, or real if it loads (default)",
+    )
+    parser.add_argument("--lr", type=float, default=1e-4, help="SGD learning rate of train steps")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num-threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--json", default=None, help="result file (OUTPUT_DIR/benchmark.json)")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
+    return parser.parse_args(argv)
+
+
+def setup(args: argparse.Namespace) -> CfgNode:
+    """Config as in tools/train_net.py: defaults + registered keys, the file, the overrides."""
+    cfg = distill.get_distill_cfg()
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
+    cfg = setup(args)
+    batch, data = load_batch(cfg, args.batch_size, args.image_size, args.data, args.seed)
+    result = run_benchmark(
+        cfg, batch, iters=args.iters, warmup=args.warmup, lr=args.lr, seed=args.seed
+    )
+    result = {"config_file": args.config_file, "opts": list(args.opts), "data": data, **result}
+    print(
+        f"{result['arch']} {result['distillers']} on {result['device']} "
+        f"({result['num_threads']} threads, torch {result['torch']}); {args.iters} iters after "
+        f"{args.warmup} warmup; batch from {data['source']}, shapes {data['image_shapes']}"
+    )
+    if "fallback_reason" in data:
+        print(f"dataset not used: {data['fallback_reason']}")
+    print(format_report(result))
+    print(f"checks: {result['checks']}")
+    path = args.json or os.path.join(cfg.OUTPUT_DIR, "benchmark.json")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump({**result, "config": cfg.dump()}, f, indent=2)
+    print(f"wrote {path}")
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
