@@ -6,6 +6,8 @@ import os
 
 from detectron2.checkpoint import DetectionCheckpointer
 
+from distill.errors import MissingFileError
+
 # Distiller modules live under this prefix in the student's state_dict (``model.distillers``).
 DISTILLER_PREFIX = "distillers."
 
@@ -18,14 +20,15 @@ def student_state_dict(state: dict) -> dict:
 def check_local_weights(path: str, key: str) -> None:
     """Fail early when a weights file is a URL or absent: nothing is downloaded at run time."""
     if "://" in path:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{key}={path!r} is a URL; nothing is downloaded at run time. Download the file "
             f"yourself and set {key} to its local path."
         )
     if not os.path.isfile(path):
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{key}: expected the weights file at {os.path.abspath(path)!r}, but it does not "
-            "exist. See the config's README for where to get it."
+            "exist. configs/coco/README.md lists the pretrained and teacher weights of the paper "
+            "configs and where to get them."
         )
 
 

@@ -36,6 +36,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from distill.checkpoint import check_local_weights
 from distill.data.register import check_builtin_dataset_root
+from distill.errors import ConfigValueError
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +84,9 @@ class DistillTrainer(DefaultTrainer):
         if cfg.SOLVER.AMP.ENABLED and not (
             cfg.MODEL.DEVICE.startswith("cuda") and torch.cuda.is_available()
         ):
-            raise ValueError("SOLVER.AMP.ENABLED needs MODEL.DEVICE cuda with a GPU available")
+            raise ConfigValueError(
+                "SOLVER.AMP.ENABLED needs MODEL.DEVICE cuda with a GPU available"
+            )
         for name in cfg.DATASETS.TRAIN:
             check_builtin_dataset_root(name)
         model = self.build_model(cfg)
@@ -180,13 +183,7 @@ class DistillTrainer(DefaultTrainer):
         local file: nothing is downloaded, and a missing file fails here, naming the path.
         """
         if self.cfg.MODEL.WEIGHTS and not (resume and self.checkpointer.has_checkpoint()):
-            try:
-                check_local_weights(self.cfg.MODEL.WEIGHTS, "MODEL.WEIGHTS")
-            except FileNotFoundError as e:
-                raise FileNotFoundError(
-                    f"{e} The pretrained weights of the COCO configs and where to get them are "
-                    "listed in configs/coco/README.md."
-                ) from None
+            check_local_weights(self.cfg.MODEL.WEIGHTS, "MODEL.WEIGHTS")
         super().resume_or_load(resume=resume)
         if self.start_iter > 0:
             loader = self.build_train_loader(self.cfg, start_iter=self.start_iter)

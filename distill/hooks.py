@@ -15,12 +15,11 @@ from typing import Any
 
 from torch import nn
 
+from distill.errors import ConfigKeyError
 
-class UnknownModulePathError(KeyError):
+
+class UnknownModulePathError(ConfigKeyError):
     """A recorder path names no submodule of the model."""
-
-    def __str__(self) -> str:  # KeyError would print the message with quotes
-        return str(self.args[0])
 
 
 def resolve_module(model: nn.Module, path: str, owner: str = "model") -> nn.Module:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from detectron2.utils.registry import Registry
 
+from distill.errors import ConfigKeyError
+
 DISTILLER_REGISTRY = Registry("DISTILLER")
 DISTILLER_REGISTRY.__doc__ = """
 Registry of distillers (subclasses of :class:`distill.distiller.Distiller`).
@@ -23,7 +25,7 @@ def get_distiller_class(name: str) -> type:
     """Look a distiller class up by name; an unknown name lists the registered ones."""
     if name not in DISTILLER_REGISTRY:
         known = ", ".join(sorted(DISTILLER_REGISTRY._obj_map)) or "(none)"
-        raise KeyError(
+        raise ConfigKeyError(
             f"DISTILL.DISTILLERS: unknown distiller {name!r}. Registered distillers: {known}. "
             "Is the project that defines it imported (distill.load_projects())?"
         )

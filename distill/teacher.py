@@ -20,13 +20,14 @@ from detectron2.structures import ImageList
 from torch import nn
 
 from distill.checkpoint import DISTILLER_PREFIX, check_local_weights
+from distill.errors import ConfigValueError, MissingFileError
 
 logger = logging.getLogger(__name__)
 
 _SWAPPABLE_FORMATS = {"RGB", "BGR"}
 
 
-class TeacherWeightsError(ValueError):
+class TeacherWeightsError(ConfigValueError):
     """The teacher checkpoint does not fit the teacher architecture."""
 
 
@@ -91,14 +92,14 @@ def build_teacher(cfg: CfgNode, student_format: str) -> Teacher:
 
     tcfg = cfg.DISTILL.TEACHER
     if not tcfg.CONFIG_FILE:
-        raise ValueError(
+        raise ConfigValueError(
             f"DISTILL.DISTILLERS={list(cfg.DISTILL.DISTILLERS)} need a teacher, but "
             "DISTILL.TEACHER.CONFIG_FILE is empty: set it to the teacher's detectron2 config file."
         )
     if not os.path.isfile(tcfg.CONFIG_FILE):
-        raise FileNotFoundError(f"DISTILL.TEACHER.CONFIG_FILE: no file at {tcfg.CONFIG_FILE!r}")
+        raise MissingFileError(f"DISTILL.TEACHER.CONFIG_FILE: no file at {tcfg.CONFIG_FILE!r}")
     if not tcfg.WEIGHTS:
-        raise ValueError(
+        raise ConfigValueError(
             "DISTILL.TEACHER.WEIGHTS is empty: a teacher needs trained weights "
             f"(the checkpoint of the model described by {tcfg.CONFIG_FILE})."
         )
@@ -116,7 +117,7 @@ def build_teacher(cfg: CfgNode, student_format: str) -> Teacher:
 
     fmt = teacher_cfg.INPUT.FORMAT
     if fmt != student_format and not {fmt, student_format} <= _SWAPPABLE_FORMATS:
-        raise ValueError(
+        raise ConfigValueError(
             f"teacher INPUT.FORMAT {fmt!r} cannot be derived from the student's {student_format!r}"
         )
     return Teacher(model, fmt, autocast=tcfg.AUTOCAST)

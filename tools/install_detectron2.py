@@ -5,11 +5,11 @@ Run with the environment's own python (``make install`` does). Order of preferen
 
 1. A detectron2 that already imports and passes the import check is kept, above all a source build
    with its compiled ops (``detectron2._C`` without ``IS_STANDIN``), e.g. on a GPU machine.
-2. Otherwise the ``pb1-detectron2==0.6`` sdist (upstream v0.6 without its C++ sources) is downloaded,
-   checked against its sha256, unpacked into a temporary directory, patched with the backports below
-   (each edit asserts that its target text is present, so a changed sdist fails loudly) and installed
-   with pip. No compiler is needed: the compiled module is replaced by a pure-Python stand-in whose
-   ops raise an error naming the op.
+2. Otherwise the ``pb1-detectron2==0.6`` sdist (upstream v0.6 without its C++ sources) is
+   downloaded, checked against its sha256, unpacked into a temporary directory, patched with the
+   backports below (each edit asserts that its target text is present, so a changed sdist fails
+   loudly) and installed with pip. No compiler is needed: the compiled module is replaced by a
+   pure-Python stand-in whose ops raise an error naming the op.
 
 The stand-in carries ``RECIPE_VERSION``; an install made by an older recipe is redone.
 torch must already be installed (the sdist's unpatched setup.py imports it to report metadata).
@@ -32,7 +32,7 @@ SDIST_FILE = "pb1-detectron2-0.6.tar.gz"
 SDIST_SHA256 = "5d2e9e51e523ec72f6a31cca04b0a515492e9514b773a3d134cedc0677170b29"
 RECIPE_VERSION = 1
 
-STANDIN_SOURCE = f'''"""Stand-in for detectron2's compiled extension (this install has no C++/CUDA ops).
+STANDIN_SOURCE = f'''"""Stand-in for detectron2's compiled extension (no C++/CUDA ops here).
 
 This detectron2 was installed from the pb1-detectron2==0.6 sdist without building its extension.
 Features that need the real compiled module: rotated boxes (box_iou_rotated, ROIAlignRotated,
@@ -184,7 +184,8 @@ def edit_export(root: Path) -> None:
         root,
         "detectron2/export/__init__.py",
         "from .api import *\n",
-        "try:\n    from .api import *\nexcept ImportError:  # caffe2 is not part of torch 2\n    pass\n",
+        "try:\n    from .api import *\n"
+        "except ImportError:  # caffe2 is not part of torch 2\n    pass\n",
     )
 
 

@@ -21,6 +21,7 @@ from detectron2.modeling import build_model
 import distill
 from distill.checkpoint import StudentCheckpointer
 from distill.engine import DistillTrainer
+from distill.errors import ConfigError
 from distill.export import plain_config
 from distill.launch import run
 
@@ -54,4 +55,7 @@ def main(args):
 
 
 if __name__ == "__main__":
-    run(main, default_argument_parser().parse_args())
+    try:
+        run(main, default_argument_parser().parse_args())
+    except ConfigError as e:
+        raise SystemExit(f"error: {e}") from None

@@ -17,6 +17,7 @@ from distill.data.synthetic_coco import (
     embedded_dataset_paths,
     ensure_embedded_dataset,
 )
+from distill.errors import ConfigKeyError, MissingFileError
 
 EMBEDDED_DATASET_NAMES = {"embedded_coco_train": "train", "embedded_coco_val": "val"}
 # Metadata keys that builtin detectron2 datasets use for files/folders that must exist.
@@ -94,14 +95,16 @@ def check_builtin_dataset_root(dataset_names: str | Iterable[str]) -> None:
         if name in EMBEDDED_DATASET_NAMES:
             continue
         if name not in DatasetCatalog.list():
-            raise KeyError(f"Dataset '{name}' is not registered in detectron2's DatasetCatalog.")
+            raise ConfigKeyError(
+                f"DATASETS: {name!r} is not registered in detectron2's DatasetCatalog"
+            )
         meta = MetadataCatalog.get(name)
         expected = {k: getattr(meta, k) for k in _PATH_KEYS if hasattr(meta, k)}
         missing = {k: p for k, p in expected.items() if p and not os.path.exists(p)}
         if missing:
             described = ", ".join(f"{k}={os.path.abspath(p)}" for k, p in expected.items())
             root = os.environ.get("DETECTRON2_DATASETS", "datasets")
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"Dataset '{name}' not found: missing "
                 + ", ".join(os.path.abspath(p) for p in missing.values())
                 + f" (expected {described}). Set DETECTRON2_DATASETS (currently {root!r}, read "

@@ -51,7 +51,8 @@ def find_background_images() -> list[Path]:
 
 
 def background_source(paths: list[Path]) -> str:
-    """Describes backgrounds for JSON ``info``: ``"skimage-<version>:<files>"`` or ``"procedural"``."""
+    """Background description for the JSON ``info``: ``"skimage-<version>:<files>"`` or
+    ``"procedural"``."""
     if not paths:
         return "procedural"
     try:

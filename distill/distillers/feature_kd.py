@@ -14,6 +14,7 @@ from torch import nn
 
 from distill.context import DistillContext
 from distill.distiller import Distiller
+from distill.errors import ConfigKeyError, ConfigValueError
 from distill.modules import build_adapter, masked_mse
 from distill.registry import DISTILLER_REGISTRY
 
@@ -56,12 +57,12 @@ class FeatureKD(Distiller):
         for level in levels:
             for side, shapes in (("student", student_shapes), ("teacher", teacher_shapes)):
                 if level not in shapes:
-                    raise KeyError(
+                    raise ConfigKeyError(
                         f"FEATURE_KD.IN_FEATURES: {level!r} is not a {side} backbone output "
                         f"(it has {sorted(shapes)})"
                     )
             if student_shapes[level].stride != teacher_shapes[level].stride:
-                raise ValueError(f"FEATURE_KD: level {level!r} has different strides")
+                raise ConfigValueError(f"FEATURE_KD: level {level!r} has different strides")
         adapters = {
             level: build_adapter(
                 node.ADAPTER, student_shapes[level].channels, teacher_shapes[level].channels

@@ -18,6 +18,7 @@ from torch import nn
 
 from distill.context import DistillContext
 from distill.distiller import Distiller
+from distill.errors import ConfigValueError
 from distill.hooks import FeatureRecorder, tap_method
 from distill.registry import get_distiller_class
 from distill.teacher import Teacher, build_teacher
@@ -31,7 +32,7 @@ def distill_from_config(cfg) -> dict:
     """The ``distillers`` factory and ``teacher`` kwargs of a Distill meta-architecture."""
     names = list(cfg.DISTILL.DISTILLERS)
     if len(set(names)) != len(names):
-        raise ValueError(f"DISTILL.DISTILLERS lists a distiller twice: {names}")
+        raise ConfigValueError(f"DISTILL.DISTILLERS lists a distiller twice: {names}")
     classes = {name: get_distiller_class(name) for name in names}
     teacher = None
     if any(cls.needs & {"teacher", "teacher_features"} for cls in classes.values()):
@@ -60,10 +61,12 @@ class DistillMixin:
         object.__setattr__(self, "_teacher", teacher)  # not a submodule, on purpose
         wanted = [d for d in self.distillers.values() if d.needs_teacher]
         if wanted and teacher is None:
-            raise ValueError(f"{[type(d).__name__ for d in wanted]} need a teacher; none given")
+            raise ConfigValueError(
+                f"{[type(d).__name__ for d in wanted]} need a teacher; none given"
+            )
         needs = set().union(*(d.needs for d in self.distillers.values()))
         if "sampled_proposals" in needs and not hasattr(self, "roi_heads"):
-            raise ValueError(
+            raise ConfigValueError(
                 f"{type(self).__name__} has no RoI heads: 'sampled_proposals' are only available "
                 "with DistillGeneralizedRCNN"
             )
@@ -77,7 +80,7 @@ class DistillMixin:
         if teacher_paths:
             outside = [p for p in teacher_paths if not p.startswith(BACKBONE + ".")]
             if outside:
-                raise ValueError(
+                raise ConfigValueError(
                     f"teacher module paths {outside} are outside the teacher backbone; the core "
                     "runs only the teacher backbone, run other teacher parts in the distiller"
                 )

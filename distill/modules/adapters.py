@@ -9,6 +9,7 @@ from __future__ import annotations
 from detectron2.layers import Conv2d, get_norm
 from torch import nn
 
+from distill.errors import ConfigKeyError
 from distill.registry import ADAPTER_REGISTRY
 
 
@@ -63,5 +64,7 @@ class ConvStackAdapter(nn.Sequential):
 def build_adapter(name: str, in_channels: int, out_channels: int, **kwargs) -> nn.Module:
     """Build a registered adapter by name; an unknown name lists the registered ones."""
     if name not in ADAPTER_REGISTRY:
-        raise KeyError(f"unknown adapter {name!r}; registered: {sorted(ADAPTER_REGISTRY._obj_map)}")
+        raise ConfigKeyError(
+            f"unknown adapter {name!r}; registered: {sorted(ADAPTER_REGISTRY._obj_map)}"
+        )
     return ADAPTER_REGISTRY.get(name)(in_channels, out_channels, **kwargs)

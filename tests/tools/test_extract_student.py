@@ -6,7 +6,7 @@ import importlib.util
 
 import pytest
 import torch
-from conftest import FAMILIES, REPO, make_batch, tiny_cfg, train_step
+from conftest import FAMILIES, REPO, make_batch, save_random_teacher, tiny_cfg, train_step
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
@@ -24,9 +24,22 @@ def load_tool(name: str):
     return module
 
 
-def trained_checkpoint(tmp_path, family: str, teacher_files) -> tuple:
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Factory, cached per family: ``trained(family)`` -> :func:`trained_checkpoint`."""
+    cache = {}
+
+    def get(family: str) -> tuple:
+        if family not in cache:
+            cache[family] = trained_checkpoint(tmp_path_factory.mktemp(family), family)
+        return cache[family]
+
+    return get
+
+
+def trained_checkpoint(tmp_path, family: str) -> tuple:
     """(cfg, model, path): a FeatureKD model after one step, saved as a training checkpoint."""
-    cfg = tiny_cfg(family, distillers=["FeatureKD"], teacher=teacher_files(family))
+    cfg = tiny_cfg(family, distillers=["FeatureKD"], teacher=save_random_teacher(tmp_path, family))
     torch.manual_seed(0)
     model = build_model(cfg)
     train_step(model, make_batch())
@@ -48,8 +61,8 @@ def predictions(model, batch) -> list[tuple[torch.Tensor, ...]]:
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_extracted_student_is_the_plain_detector(family, tmp_path, teacher_files):
-    cfg, model, checkpoint = trained_checkpoint(tmp_path, family, teacher_files)
+def test_extracted_student_is_the_plain_detector(family, tmp_path, trained):
+    cfg, model, checkpoint = trained(family)
     output = tmp_path / "export" / "student.pth"
     stats = extract_student(str(checkpoint), str(output), cfg)
     assert stats["distiller_keys"] > 0 and stats["iteration"] == 1
@@ -77,8 +90,8 @@ def test_extracted_student_is_the_plain_detector(family, tmp_path, teacher_files
         assert all(torch.equal(a, b) for a, b in zip(ours, theirs, strict=True))
 
 
-def test_cli_writes_student_and_refuses_a_wrong_config(tmp_path, teacher_files, capsys):
-    cfg, _, checkpoint = trained_checkpoint(tmp_path, "retinanet", teacher_files)
+def test_cli_writes_student_and_refuses_a_wrong_config(tmp_path, trained, capsys):
+    cfg, _, checkpoint = trained("retinanet")
     tool = load_tool("extract_student")
     teacher = cfg.DISTILL.TEACHER
     argv = ["--config-file", str(REPO / FAMILIES["retinanet"]), "--weights", str(checkpoint)]
@@ -94,7 +107,9 @@ def test_cli_writes_student_and_refuses_a_wrong_config(tmp_path, teacher_files, 
     assert (tmp_path / "s.pth").is_file() and (tmp_path / "s.yaml").is_file()
     # the same checkpoint with a narrower FPN in the config: the check names the mismatch
     with pytest.raises(SystemExit, match="wrongly shaped keys"):
-        tool.main([*argv, "--output", str(tmp_path / "t.pth"), *opts, "MODEL.FPN.OUT_CHANNELS", "16"])
+        tool.main(
+            [*argv, "--output", str(tmp_path / "t.pth"), *opts, "MODEL.FPN.OUT_CHANNELS", "16"]
+        )
     assert not (tmp_path / "t.pth").exists()
 
 

@@ -1,0 +1,24 @@
+"""Errors for bad configuration or input: each names the key, file or path at fault.
+
+All derive from :class:`ConfigError`, which ``tools/*.py`` report as one line (no traceback);
+each also derives from the matching builtin, so ``except KeyError`` etc. keep working.
+"""
+
+
+class ConfigError(Exception):
+    """A config key, file or input that cannot work; the message says which and why."""
+
+    def __str__(self) -> str:  # KeyError subclasses would print the message in quotes
+        return str(self.args[0]) if self.args else ""
+
+
+class ConfigValueError(ConfigError, ValueError):
+    """A config value is empty, inconsistent or unsupported."""
+
+
+class ConfigKeyError(ConfigError, KeyError):
+    """A name (distiller, adapter, module path, feature level) that does not exist."""
+
+
+class MissingFileError(ConfigError, FileNotFoundError):
+    """A file or directory named by the config does not exist (nothing is downloaded)."""
