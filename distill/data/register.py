@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +20,19 @@ from distill.data.synthetic_coco import (
 )
 from distill.errors import ConfigKeyError, MissingFileError
 
-EMBEDDED_DATASET_NAMES = {"embedded_coco_train": "train", "embedded_coco_val": "val"}
+EMBEDDED_DATASET_NAMES = ("embedded_coco_train", "embedded_coco_val")
 # Metadata keys that builtin detectron2 datasets use for files/folders that must exist.
-_PATH_KEYS = ("json_file", "image_root", "image_dir", "gt_dir", "dirname", "panoptic_root")
+_PATH_KEYS = (
+    "json_file", "image_root", "image_dir", "gt_dir", "dirname",
+    "panoptic_root", "panoptic_json", "sem_seg_root",
+)  # fmt: skip
 
 
-def register_embedded_datasets(root: str | os.PathLike | None = None) -> list[str]:
+def register_embedded_datasets(
+    root: str | os.PathLike | None = None,
+    num_images: dict[str, int] | None = None,
+    name_prefix: str = "embedded_coco",
+) -> list[str]:
     """Registers ``embedded_coco_train`` / ``embedded_coco_val`` lazily in detectron2.
 
     Nothing is generated here: the ``DatasetCatalog`` loader calls
@@ -37,37 +45,40 @@ def register_embedded_datasets(root: str | os.PathLike | None = None) -> list[st
     Args:
         root: Cache root; resolved now (``$DISTILL_CACHE`` or ``~/.cache/distill`` by default)
             so later changes of the environment cannot split metadata and data.
+        num_images: Images per split (default 240 train / 60 val); one dataset per split.
+        name_prefix: Datasets are named ``<name_prefix>_<split>`` (e.g. for tiny test sets).
 
     Returns:
         The names registered by this call.
     """
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
-    paths = embedded_dataset_paths(root)
+    num_images = dict(DEFAULT_NUM_IMAGES if num_images is None else num_images)
+    paths = embedded_dataset_paths(root, num_images=num_images)
     resolved_root = Path(paths["dataset_dir"]).parent
     registered = []
-    for name, split in EMBEDDED_DATASET_NAMES.items():
+    for split, count in num_images.items():
+        name = f"{name_prefix}_{split}"
         if name in DatasetCatalog.list():
             continue
-        DatasetCatalog.register(
-            name, lambda name=name, split=split: _load(resolved_root, name, split)
-        )
+        DatasetCatalog.register(name, partial(_load, resolved_root, num_images, name, split))
         MetadataCatalog.get(name).set(
             thing_classes=list(EMBEDDED_CLASSES),
             thing_dataset_id_to_contiguous_id={i + 1: i for i in range(len(EMBEDDED_CLASSES))},
             json_file=paths[split]["json_file"],
             image_root=paths[split]["image_root"],
             evaluator_type="coco",
-            num_images=DEFAULT_NUM_IMAGES[split],
+            embedded=True,  # generated on first load: check_builtin_dataset_root skips it
+            num_images=count,
         )
         registered.append(name)
     return registered
 
 
-def _load(root: Path, name: str, split: str) -> list[dict[str, Any]]:
+def _load(root: Path, num_images: dict[str, int], name: str, split: str) -> list[dict[str, Any]]:
     from detectron2.data.datasets import load_coco_json
 
-    paths = ensure_embedded_dataset(root)
+    paths = ensure_embedded_dataset(root, num_images=num_images)
     return load_coco_json(paths[split]["json_file"], paths[split]["image_root"], name)
 
 
@@ -82,9 +93,9 @@ def check_builtin_dataset_root(dataset_names: str | Iterable[str]) -> None:
         dataset_names: One name or several.
 
     Raises:
-        KeyError: A name is not registered in detectron2's ``DatasetCatalog``.
-        FileNotFoundError: Naming the dataset, the missing annotation file / image directory
-            and the environment variable to set.
+        ConfigKeyError: (a ``KeyError``) A name is not registered in ``DatasetCatalog``.
+        MissingFileError: (a ``FileNotFoundError``) Naming the dataset, the missing
+            annotation file / image directory and the environment variable to set.
     """
     import detectron2.data.datasets  # noqa: F401  (registers the builtin datasets)
     from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -92,24 +103,24 @@ def check_builtin_dataset_root(dataset_names: str | Iterable[str]) -> None:
     if isinstance(dataset_names, str):
         dataset_names = [dataset_names]
     for name in dataset_names:
-        if name in EMBEDDED_DATASET_NAMES:
-            continue
         if name not in DatasetCatalog.list():
             raise ConfigKeyError(
                 f"DATASETS: {name!r} is not registered in detectron2's DatasetCatalog"
             )
         meta = MetadataCatalog.get(name)
+        if getattr(meta, "embedded", False):  # generated on first load
+            continue
         expected = {k: getattr(meta, k) for k in _PATH_KEYS if hasattr(meta, k)}
         missing = {k: p for k, p in expected.items() if p and not os.path.exists(p)}
         if missing:
-            described = ", ".join(f"{k}={os.path.abspath(p)}" for k, p in expected.items())
+            described = ", ".join(
+                f"{k} {os.path.abspath(p)}" + (" (missing)" if k in missing else " (found)")
+                for k, p in expected.items()
+            )
             root = os.environ.get("DETECTRON2_DATASETS", "datasets")
             raise MissingFileError(
-                f"Dataset '{name}' not found: missing "
-                + ", ".join(os.path.abspath(p) for p in missing.values())
-                + f" (expected {described}). Set DETECTRON2_DATASETS (currently {root!r}, read "
-                "when detectron2 is imported) to the folder holding e.g. coco/annotations/ and "
-                "coco/train2017/, or use the embedded datasets "
-                + " / ".join(EMBEDDED_DATASET_NAMES)
-                + " which need no download."
+                f"Dataset '{name}' not found: {described}. Set DETECTRON2_DATASETS (now "
+                f"{root!r}, read when detectron2 is imported) to the folder that holds e.g. "
+                "coco/annotations/ and coco/train2017/, or use the embedded datasets "
+                f"{' / '.join(EMBEDDED_DATASET_NAMES)}, which need no download."
             )

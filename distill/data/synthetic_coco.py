@@ -146,10 +146,11 @@ def generate_coco_split(
                 ann["segmentation"] = rle
             annotations.append(ann)
     info = {
-        "description": f"{DATASET_VERSION}: synthetic textured shapes on photo backgrounds",
+        "description": "synthetic textured shapes (distill embedded dataset)",
         "version": DATASET_VERSION,
         "split": split,
         "seed": seed,
+        "image_size_range": list(image_size_range),
         "background_source": background_source(bg_paths),
     }
     categories = [
@@ -176,7 +177,7 @@ def embedded_dataset_paths(
     """Deterministic paths of the embedded dataset, without generating anything.
 
     The folder is ``<root>/embedded_coco_v1`` for the defaults with scikit-image photos;
-    a ``_procedural`` suffix marks the fallback backgrounds and ``_s<seed>_n<train>-<val>``
+    a ``_procedural`` suffix marks the fallback backgrounds and ``_s<seed>_train<n>-val<n>``
     non-default parameters, so one folder always holds one exact content.
 
     Returns:
@@ -188,7 +189,7 @@ def embedded_dataset_paths(
     if not find_background_images():
         name += "_procedural"
     if seed != DEFAULT_SEED or num_images != DEFAULT_NUM_IMAGES:
-        name += f"_s{seed}_n" + "-".join(str(n) for n in num_images.values())
+        name += f"_s{seed}_" + "-".join(f"{split}{n}" for split, n in num_images.items())
     dataset_dir = Path(root).expanduser() if root is not None else default_cache_root()
     dataset_dir = dataset_dir.absolute() / name
     paths: dict[str, Any] = {"dataset_dir": dataset_dir}
@@ -229,11 +230,10 @@ def ensure_embedded_dataset(
         return paths
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the dataset is a readable cache
     try:
-        for split in paths:
-            if split != "dataset_dir":
-                count = (num_images or DEFAULT_NUM_IMAGES)[split]
-                generate_coco_split(tmp, split, count, seed, progress=progress)
+        for split, count in (num_images or DEFAULT_NUM_IMAGES).items():
+            generate_coco_split(tmp, split, count, seed, progress=progress)
         (tmp / _DONE_MARKER).write_text(f"{final.name}\n")
         if final.exists():  # forced, or a leftover without marker: move it aside, then delete
             trash = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))

@@ -42,6 +42,8 @@ def _procedural_background(rng: np.random.Generator, h: int, w: int) -> np.ndarr
     angle = rng.uniform(0, 2 * np.pi)
     ramp = np.cos(angle) * xx / w + np.sin(angle) * yy / h
     out += ramp[..., None] * (rng.uniform(-60, 60, 3)).astype(np.float32)
+    gray = out.mean(axis=2, keepdims=True)
+    out = gray + 0.6 * (out - gray)  # tone the colours down so the objects stand out
     return out + rng.normal(0, 6, (h, w, 3)).astype(np.float32)
 
 
@@ -83,7 +85,7 @@ _SHAPES = {
 def _texture(name: str, u, v, p: float, rng: np.random.Generator) -> np.ndarray:
     """Mixing weight in [0, 1] between the two instance colours; ``p`` scales the period."""
     if name == "disc":  # radial gradient
-        return np.clip(np.hypot(u, v), 0, 1)
+        return np.clip(0.8 * np.hypot(u, v), 0, 1)
     if name == "square":  # checkerboard
         return (np.floor(u / (0.36 * p)) + np.floor(v / (0.36 * p))) % 2
     if name == "triangle":  # stripes
@@ -117,6 +119,50 @@ def _box_iou(a, b) -> float:
     return ix * iy / union
 
 
+def _sample_object(rng: np.random.Generator, h: int, w: int, boxes: list) -> dict | None:
+    """Draws one object: class, log-uniform size, aspect, position, rotation and colours.
+
+    Returns:
+        ``None`` if it falls fully outside the image, else a dict with ``category_id``,
+        ``full_area`` (pixels of the whole shape, also outside the image), ``region`` (image
+        slices), ``mask`` (bool, region-shaped) and ``pixels`` (float RGB, region-shaped). The
+        object's bounding square is appended to ``boxes`` (used to spread objects out).
+    """
+    cat = int(rng.integers(len(EMBEDDED_CLASSES)))
+    diameter = np.exp(rng.uniform(np.log(MIN_DIAMETER), np.log(0.5 * min(h, w))))
+    aspect = np.exp(rng.uniform(-0.25, 0.25))
+    su, sv = diameter / 2 * np.sqrt(aspect), diameter / 2 / np.sqrt(aspect)
+    radius = 1.08 * max(su, sv) + 1
+    for _try in range(10):  # avoid stacking objects right on top of each other
+        cx, cy = rng.uniform(0, w), rng.uniform(0, h)
+        box = (cx - radius, cy - radius, cx + radius, cy + radius)
+        if all(_box_iou(box, other) < 0.3 for other in boxes):
+            break
+    theta = rng.uniform(0, 2 * np.pi)
+    x0, y0 = int(np.floor(cx - radius)), int(np.floor(cy - radius))
+    yy, xx = np.mgrid[y0 : int(np.ceil(cy + radius)) + 1, x0 : int(np.ceil(cx + radius)) + 1]
+    dx, dy = xx + 0.5 - cx, yy + 0.5 - cy  # pixel centres relative to the object centre
+    u = (np.cos(theta) * dx + np.sin(theta) * dy) / su
+    v = (-np.sin(theta) * dx + np.cos(theta) * dy) / sv
+    name = EMBEDDED_CLASSES[cat]
+    mask = _SHAPES[name](u, v)
+    period = max(1.0, 2.5 / (0.22 * min(su, sv)))  # keep texture periods >= ~2.5 px
+    t = _texture(name, u, v, period, rng)[..., None]
+    c1, c2 = _instance_colours(rng)
+    boxes.append(box)
+    sy = slice(max(0, -y0), max(0, min(mask.shape[0], h - y0)))  # clip the grid to the image
+    sx = slice(max(0, -x0), max(0, min(mask.shape[1], w - x0)))
+    if sy.stop <= sy.start or sx.stop <= sx.start:
+        return None
+    return {
+        "category_id": cat + 1,
+        "full_area": int(mask.sum()),
+        "region": (slice(y0 + sy.start, y0 + sy.stop), slice(x0 + sx.start, x0 + sx.stop)),
+        "mask": mask[sy, sx],
+        "pixels": ((1 - t) * c1 + t * c2)[sy, sx],
+    }
+
+
 def render_image(
     seed: int,
     split: str,
@@ -143,45 +189,26 @@ def render_image(
         img = _photo_background(rng, photos, h, w)
     else:
         img = _procedural_background(rng, h, w)
-    img = np.ascontiguousarray(img)
-    owner = np.full((h, w), -1, np.int32)  # index of the object that owns each pixel
     num = 0 if index % EMPTY_EVERY == 5 else int(rng.integers(1, 7))
-    placed: list[tuple[int, int, tuple[float, ...]]] = []  # (category_id, full_area, box)
-    for _ in range(num):
-        cat = int(rng.integers(len(EMBEDDED_CLASSES)))
-        diameter = np.exp(rng.uniform(np.log(MIN_DIAMETER), np.log(0.5 * min(h, w))))
-        aspect = np.exp(rng.uniform(-0.25, 0.25))
-        su, sv = diameter / 2 * np.sqrt(aspect), diameter / 2 / np.sqrt(aspect)
-        radius = 1.08 * max(su, sv) + 1
-        for _try in range(10):  # avoid stacking objects right on top of each other
-            cx, cy = rng.uniform(0, w), rng.uniform(0, h)
-            box = (cx - radius, cy - radius, cx + radius, cy + radius)
-            if all(_box_iou(box, other[2]) < 0.3 for other in placed):
-                break
-        theta = rng.uniform(0, 2 * np.pi)
-        x0, y0 = int(np.floor(cx - radius)), int(np.floor(cy - radius))
-        yy, xx = np.mgrid[y0 : int(np.ceil(cy + radius)) + 1, x0 : int(np.ceil(cx + radius)) + 1]
-        dx, dy = xx + 0.5 - cx, yy + 0.5 - cy
-        u = (np.cos(theta) * dx + np.sin(theta) * dy) / su
-        v = (-np.sin(theta) * dx + np.cos(theta) * dy) / sv
-        name = EMBEDDED_CLASSES[cat]
-        mask = _SHAPES[name](u, v)
-        period = max(1.0, 3.0 / min(su, sv) / 0.22)  # keep texture periods >= ~3 px
-        t = _texture(name, u, v, period, rng)[..., None]
-        c1, c2 = _instance_colours(rng)
-        full_area = int(mask.sum())
-        placed.append((cat + 1, full_area, box))
-        # Clip the object's grid to the image and paint it (later objects occlude earlier).
-        sy = slice(max(0, -y0), max(0, min(mask.shape[0], h - y0)))
-        sx = slice(max(0, -x0), max(0, min(mask.shape[1], w - x0)))
-        m = mask[sy, sx]
-        iy, ix = slice(y0 + sy.start, y0 + sy.stop), slice(x0 + sx.start, x0 + sx.stop)
-        img[iy, ix][m] = ((1 - t) * c1 + t * c2)[sy, sx][m]
-        owner[iy, ix][m] = len(placed) - 1
-    objects = []
-    for k, (cat_id, full_area, _) in enumerate(placed):
-        visible = owner == k
-        area = int(visible.sum())
-        if full_area > 0 and area >= max(MIN_VISIBLE_FRACTION * full_area, 6):
-            objects.append((cat_id, visible))
+    boxes: list[tuple[float, ...]] = []
+    sampled = [_sample_object(rng, h, w, boxes) for _ in range(num)]
+    specs = [obj for obj in sampled if obj is not None]
+    # Objects too occluded or truncated are erased rather than left unannotated; erasing one
+    # only uncovers the others, so this terminates (at most one pass per object).
+    while True:
+        owner = np.full((h, w), -1, np.int32)  # index of the object that owns each pixel
+        for k, obj in enumerate(specs):
+            owner[obj["region"]][obj["mask"]] = k
+        visible = [owner == k for k in range(len(specs))]
+        keep = [
+            area >= max(MIN_VISIBLE_FRACTION * obj["full_area"], 6)
+            for obj, area in zip(specs, (int(m.sum()) for m in visible))
+        ]
+        if all(keep):
+            break
+        specs = [obj for obj, ok in zip(specs, keep) if ok]
+    img = np.ascontiguousarray(img)
+    for obj in specs:
+        img[obj["region"]][obj["mask"]] = obj["pixels"][obj["mask"]]
+    objects = [(obj["category_id"], vis) for obj, vis in zip(specs, visible)]
     return np.clip(np.rint(img), 0, 255).astype(np.uint8), objects
