@@ -1,24 +1,29 @@
 """What distillation costs: train-step time and memory, teacher forward, student inference.
 
-:func:`run_benchmark` runs every phase in one process on one fixed batch (moved to the device
-once) inside one ``EventStorage``; each phase builds its model(s) itself and frees them after.
+:func:`run_benchmark` measures the phases ``train_student``, ``train_distill``,
+``teacher_forward``, ``infer_plain``, ``infer_extracted`` and ``infer_distill`` in one process on
+one fixed batch, inside one ``EventStorage``; each phase builds its model(s) and frees them after.
+First every phase's memory pass: build, then ``MEMORY_CALLS`` untimed calls (the first creates
+lazy state such as momentum buffers, the second runs with it). ``model_mib`` is what building
+leaves in use (weights, buffers, a teacher), ``step_peak_mib`` the peak growth above that
+(activations, gradients, optimizer state), ``total_mib`` their sum. Then every phase's timed
+pass: build, ``warmup`` untimed and ``iters`` timed calls.
 
-Memory, per phase: ``model_mib`` is what building the phase's model(s) leaves resident (weights,
-buffers, a teacher), ``step_peak_mib`` the peak growth above that during the timed loop
-(activations, gradients, optimizer state, autograd buffers), ``total_mib`` their sum.
-
-* CUDA: ``torch.cuda.memory_allocated`` before/after building and ``max_memory_allocated``
-  (reset after building): tensor memory of the caching allocator, not what it reserves.
-* CPU (Linux): process RSS from ``/proc/self/status``. Before each reading Python's garbage is
-  collected and glibc's ``malloc_trim(0)`` hands freed heap back to the OS, so a phase cannot
-  reuse pages an earlier phase left behind; the peak is ``VmHWM`` after resetting it to the
-  current RSS by writing ``5`` to ``/proc/self/clear_refs``. RSS counts every page the process
-  touches (allocator slack and thread stacks included), so it is an upper bound on tensor
-  memory. Where that interface is missing, memory fields are None.
+* CUDA: ``torch.cuda.memory_allocated`` / ``max_memory_allocated``: tensor memory of the caching
+  allocator, not what it reserves.
+* CPU (Linux): process RSS from ``/proc/self/status``, the peak being ``VmHWM`` reset to the
+  current RSS through ``/proc/self/clear_refs``; before each reading garbage is collected and
+  ``malloc_trim(0)`` returns free heap to the OS. Until the timed passes glibc's mmap threshold
+  is fixed at 128 KiB: every tensor of 128 KiB or more is its own mapping, resident while alive
+  and unmapped when freed, so RSS follows live tensors (plus small-object heap and thread
+  stacks), not what the heap retains. The timed passes run with it fixed at 32 MiB, the ceiling
+  of glibc's adaptive threshold in steady training (fresh mappings page-fault). The process
+  keeps these malloc settings. Without ``/proc``, memory fields are None.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import os
@@ -38,35 +43,26 @@ from detectron2.utils.events import EventStorage
 from distill.checkpoint import student_state_dict
 from distill.export import plain_config
 
-MIB = 2**20
-PHASES = {
-    "train_student": "train step, student alone (DISTILL.DISTILLERS=[])",
-    "train_distill": "train step, student + distillers + teacher",
-    "teacher_forward": "teacher preprocess + backbone, no_grad",
-    "infer_plain": "eval forward, plain detector (own init)",
-    "infer_extracted": "eval forward, plain detector + extracted student",
-    "infer_distill": "eval forward, Distill model (teacher attached)",
-}
+MIB, MEMORY_CALLS = 2**20, 2
+# glibc mallopt parameters and the thresholds of the memory pass / the timed calls
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_PRECISE, _FAST = (128 * 1024, 128 * 1024), (64 * MIB, 32 * MIB)
 
 
 def _proc_status_bytes(field: str) -> float | None:
-    """``field`` (e.g. ``VmRSS``, ``VmHWM``) of ``/proc/self/status`` in bytes, or None."""
-    try:
-        with open("/proc/self/status") as f:
-            match = re.search(rf"^{field}:\s+(\d+) kB", f.read(), re.MULTILINE)
-    except OSError:
-        return None
-    return 1024.0 * int(match.group(1)) if match else None
+    """``field`` (``VmRSS``, ``VmHWM``) of ``/proc/self/status`` in bytes, or None."""
+    with contextlib.suppress(OSError), open("/proc/self/status") as f:
+        match = re.search(rf"^{field}:\s+(\d+) kB", f.read(), re.MULTILINE)
+        return 1024.0 * int(match.group(1)) if match else None
+    return None
 
 
 def _reset_peak_rss() -> bool:
     """Set the process's ``VmHWM`` to its current RSS (Linux >= 4.0); False if impossible."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        return False
-    return True
+    with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+        return True
+    return False
 
 
 class MemoryMeter:
@@ -74,19 +70,23 @@ class MemoryMeter:
 
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
-        try:
-            self._libc = None if self.cuda else ctypes.CDLL("libc.so.6")
-        except OSError:
-            self._libc = None
-        rss = _proc_status_bytes("VmRSS") is not None and _reset_peak_rss()
+        self._libc = None
+        with contextlib.suppress(OSError):
+            libc = None if self.cuda else ctypes.CDLL("libc.so.6")
+            self._libc = libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+        rss = not self.cuda and _proc_status_bytes("VmRSS") is not None and _reset_peak_rss()
         self.available = self.cuda or rss
-        self.method = (
-            "CUDA: torch.cuda.memory_allocated / max_memory_allocated"
-            if self.cuda
-            else "RSS: VmRSS after gc + malloc_trim, VmHWM reset via /proc/self/clear_refs"
-            if rss
-            else "unavailable (needs CUDA, or Linux /proc/self/clear_refs)"
-        )
+        glibc = "glibc mmap threshold 128 KiB" if self._libc else "no glibc mallopt (rough)"
+        cpu = f"RSS (VmRSS, VmHWM reset by clear_refs), {glibc}" if rss else "unavailable"
+        self.method = "CUDA memory_allocated / max_memory_allocated" if self.cuda else cpu
+        self.precise(True)
+
+    def precise(self, on: bool) -> None:
+        """Fix glibc's trim and mmap thresholds for measuring (on) or for timing (off)."""
+        if self._libc is not None:
+            trim, mmap = _PRECISE if on else _FAST
+            self._libc.mallopt(_M_TRIM_THRESHOLD, trim)
+            self._libc.mallopt(_M_MMAP_THRESHOLD, mmap)
 
     def sync(self) -> None:
         if self.cuda:
@@ -109,28 +109,40 @@ class MemoryMeter:
             _reset_peak_rss()
 
     def peak(self) -> float | None:
+        self.sync()
         if self.cuda:
             return float(torch.cuda.max_memory_allocated())
         return _proc_status_bytes("VmHWM") if self.available else None
 
 
-def measure(
+def measure_memory(
+    build: Callable[[], Any], step: Callable[[Any], Any], meter: MemoryMeter
+) -> dict:
+    """MiB used by ``build()`` (``model_mib``) and the peak above that in ``MEMORY_CALLS`` calls
+    of ``step`` (``step_peak_mib``), and their sum (``total_mib``); None when not measurable."""
+    before = meter.current()
+    obj = build()
+    built = meter.current()
+    meter.reset_peak()
+    for _ in range(MEMORY_CALLS):
+        step(obj)
+    peak = meter.peak()
+    if None in (before, built, peak):
+        return {"model_mib": None, "step_peak_mib": None, "total_mib": None}
+    model, step_peak = (built - before) / MIB, max(peak - built, 0.0) / MIB
+    return {"model_mib": model, "step_peak_mib": step_peak, "total_mib": model + step_peak}
+
+
+def measure_time(
     build: Callable[[], Any],
     step: Callable[[Any], Any],
     iters: int,
     warmup: int,
     meter: MemoryMeter,
 ) -> tuple[dict[str, Any], Any]:
-    """Time ``step(build())`` ``iters`` times after ``warmup`` untimed calls; see module doc.
-
-    Returns:
-        (stats, the built object): seconds (``median_s``, ``mean_s``, ``min_s``, ``times_s``) and
-        MiB (``model_mib``, ``step_peak_mib``, ``total_mib``; None when not measurable).
-    """
-    before = meter.current()
+    """(``median_s``, ``mean_s``, ``min_s``, ``times_s`` of ``iters`` calls of ``step(obj)``
+    after ``warmup`` untimed ones; ``obj = build()``)."""
     obj = build()
-    built = meter.current()
-    meter.reset_peak()
     times = []
     for i in range(warmup + iters):
         meter.sync()
@@ -139,14 +151,8 @@ def measure(
         meter.sync()
         if i >= warmup:
             times.append(time.perf_counter() - start)
-    peak = meter.peak()
     stats = {"median_s": statistics.median(times), "mean_s": statistics.fmean(times)}
-    stats.update(min_s=min(times), times_s=times, model_mib=None, step_peak_mib=None)
-    if before is not None and built is not None and peak is not None:
-        stats.update(model_mib=(built - before) / MIB, step_peak_mib=max(peak - built, 0) / MIB)
-    mibs = (stats["model_mib"], stats["step_peak_mib"])
-    stats["total_mib"] = None if None in mibs else sum(mibs)
-    return stats, obj
+    return {**stats, "min_s": min(times), "times_s": times}, obj
 
 
 def _to_device(batch: list[dict], device: torch.device) -> list[dict]:
@@ -160,13 +166,9 @@ def _cpu_clone(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def _same_outputs(a: list[dict], b: list[dict]) -> bool:
     """Whether two detectors' outputs have equal pred_boxes, scores and pred_classes."""
-
-    def fields(out: dict) -> list[torch.Tensor]:
-        inst = out["instances"]
-        return [inst.pred_boxes.tensor, inst.scores, inst.pred_classes]
-
-    pairs = [(u, v) for x, y in zip(a, b, strict=True) for u, v in zip(fields(x), fields(y))]
-    return all(torch.equal(u, v) for u, v in pairs)
+    fields = (lambda i: i.pred_boxes.tensor, lambda i: i.scores, lambda i: i.pred_classes)
+    pairs = [(x["instances"], y["instances"]) for x, y in zip(a, b, strict=True)]
+    return all(torch.equal(f(x), f(y)) for x, y in pairs for f in fields)
 
 
 # ratio name -> (numerator phase, denominator phase, stat)
@@ -181,20 +183,14 @@ RATIOS = {
 
 
 def _ratio(num: dict | None, den: dict | None, key: str) -> float | None:
-    if not num or not den or num.get(key) is None or den.get(key) is None:
-        return None
-    return num[key] / den[key] if den[key] > 0 else None
+    a, b = (num or {}).get(key), (den or {}).get(key)
+    return a / b if a is not None and b else None
 
 
 def run_benchmark(
-    cfg: CfgNode,
-    batch: list[dict[str, Any]],
-    iters: int = 10,
-    warmup: int = 2,
-    lr: float = 1e-4,
-    seed: int = 0,
+    cfg: CfgNode, batch: list, iters: int = 10, warmup: int = 2, lr: float = 1e-4, seed: int = 0
 ) -> dict[str, Any]:
-    """Measure the phases of :data:`PHASES` on one fixed batch; see the module docstring.
+    """Measure the phases on one fixed batch, as the module docstring says.
 
     Args:
         cfg: training config of a Distill* model (with or without distillers).
@@ -205,8 +201,9 @@ def run_benchmark(
         seed: seeds Python, numpy and torch before every model is built.
 
     Returns:
-        JSON-able dict: environment, ``phases`` (name -> :func:`measure` stats), ``ratios``
-        (:data:`RATIOS`, None where a phase is absent) and ``checks`` of the extracted student.
+        JSON-able dict: environment, ``phases`` (name -> the stats of :func:`measure_time` and
+        :func:`measure_memory`), ``ratios`` (:data:`RATIOS`, None where a phase is absent) and
+        ``checks`` (the extracted student's outputs equal the Distill model's, key counts).
     """
     from distill.engine import DistillTrainer
     from distill.teacher import build_teacher
@@ -228,9 +225,6 @@ def run_benchmark(
             model.load_state_dict(state, strict=True)  # raises on missing / unexpected keys
         return model
 
-    def evaluating(config: CfgNode, state: dict | None = None) -> Callable[[], torch.nn.Module]:
-        return lambda: built(config, state).eval()
-
     def train_setup(config: CfgNode, state: dict) -> tuple:
         model = built(config, state).train()
         return model, DistillTrainer.build_optimizer(train_cfg, model)
@@ -249,45 +243,49 @@ def run_benchmark(
         with torch.no_grad():
             return model(batch)
 
-    phases: dict[str, dict] = {}
-
-    def phase(name: str, build: Callable, step: Callable, keep: Callable = lambda obj: None):
-        phases[name], obj = measure(build, step, iters, warmup, meter)
-        return keep(obj)  # the phase's model is freed on return
-
-    checks: dict[str, Any] = {}
     with EventStorage(0) as storage:
         reference = built(cfg)
         distillers = dict(getattr(reference, "distillers", {}))
         has_teacher = getattr(reference, "teacher", None) is not None
         # the first iteration at which every distiller runs (a start_iter may delay them)
         storage.iter = max((d.start_iter for d in distillers.values()), default=0)
-        checks["inactive_distillers"] = [
-            n for n, d in distillers.items() if not d.is_active(storage.iter)
-        ]
+        inactive = [n for n, d in distillers.items() if not d.is_active(storage.iter)]
         init_state = _cpu_clone(reference.state_dict())
-        # one-time process costs (thread pools, kernel and allocator caches) before any phase
+        # one-time process costs (thread pools, kernel caches) before any phase
         sum(reference.train()(batch).values()).backward()
         infer(reference.eval())
         del reference, distillers
 
+        # the infer phases load the weights left by the timed train steps (same init, same
+        # number of SGD steps): the plain student's, and the Distill model's (and its student)
         student_init = student_state_dict(init_state)
-        phase("train_student", lambda: train_setup(plain_cfg, student_init), train_step)
-        trained_state = init_state
+        trained = {"train_student": student_init, "train_distill": init_state}
+        key = "train_distill" if cfg.DISTILL.DISTILLERS else "train_student"
+        student = lambda: student_state_dict(trained[key])  # noqa: E731
+        specs = {"train_student": (lambda: train_setup(plain_cfg, student_init), train_step)}
         if cfg.DISTILL.DISTILLERS:
-            keep = lambda obj: _cpu_clone(obj[0].state_dict())  # noqa: E731
-            trained_state = phase(
-                "train_distill", lambda: train_setup(cfg, init_state), train_step, keep
-            )
+            specs["train_distill"] = (lambda: train_setup(cfg, init_state), train_step)
         if has_teacher:
-            phase("teacher_forward", lambda: build_teacher(cfg, cfg.INPUT.FORMAT), teacher_step)
-        phase("infer_plain", evaluating(plain_cfg), infer)
-        extracted_state = student_state_dict(trained_state)
-        outputs = phase("infer_extracted", evaluating(plain_cfg, extracted_state), infer, infer)
-        distill_outputs = phase("infer_distill", evaluating(cfg, trained_state), infer, infer)
-    checks["extracted_outputs_equal_distill"] = _same_outputs(outputs, distill_outputs)
-    checks["extracted_keys"] = len(extracted_state)
-    checks["dropped_distiller_keys"] = len(trained_state) - len(extracted_state)
+            specs["teacher_forward"] = (lambda: build_teacher(cfg, cfg.INPUT.FORMAT), teacher_step)
+        specs["infer_plain"] = (lambda: built(plain_cfg, trained["train_student"]).eval(), infer)
+        specs["infer_extracted"] = (lambda: built(plain_cfg, student()).eval(), infer)
+        specs["infer_distill"] = (lambda: built(cfg, trained[key]).eval(), infer)
+
+        # every memory pass before any timed call: see the module docstring
+        memory = {name: measure_memory(*spec, meter) for name, spec in specs.items()}
+        meter.precise(False)
+        phases, outputs = {}, {}
+        for name, (build, step) in specs.items():
+            stats, obj = measure_time(build, step, iters, warmup, meter)
+            phases[name] = {**stats, **memory[name]}
+            if name in trained:
+                trained[name] = _cpu_clone(obj[0].state_dict())
+            elif name in ("infer_extracted", "infer_distill"):
+                outputs[name] = infer(obj)
+            del obj
+    checks = {"inactive_distillers": inactive, "extracted_keys": len(student())}
+    checks["dropped_distiller_keys"] = len(trained[key]) - len(student())
+    checks["extracted_outputs_equal_distill"] = _same_outputs(*outputs.values())
     name = torch.cuda.get_device_name(device) if meter.cuda else platform.processor()
     result = {"device": str(device), "device_name": name, "torch": torch.__version__}
     result.update(num_threads=torch.get_num_threads(), cpu_count=os.cpu_count(), seed=seed)

@@ -11,6 +11,7 @@ import torch
 from detectron2.config import CfgNode
 
 from distill.checkpoint import DISTILLER_PREFIX, student_state_dict
+from distill.errors import ConfigValueError, MissingFileError
 from distill.modeling import PLAIN_META_ARCHITECTURES
 
 logger = logging.getLogger(__name__)
@@ -40,23 +41,25 @@ def load_training_checkpoint(path: str, allow_pickle: bool = False) -> dict[str,
             for trusted files. By default only tensors and plain containers are accepted.
 
     Raises:
-        FileNotFoundError: no file at ``path``.
-        ValueError: not loadable with ``weights_only=True`` (and ``allow_pickle`` is False), or
-            not a dict with a ``"model"`` state_dict.
+        MissingFileError: no file at ``path``.
+        ConfigValueError: not loadable with ``weights_only=True`` (and ``allow_pickle`` is
+            False), or not a dict with a ``"model"`` state_dict.
     """
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint: no file at {os.path.abspath(path)!r}")
+        raise MissingFileError(f"checkpoint: no file at {os.path.abspath(path)!r}")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
     except pickle.UnpicklingError as e:
-        raise ValueError(
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        reason = next((line for line in lines if "Unsupported global" in line), lines[0])
+        raise ConfigValueError(
             f"checkpoint {path!r} holds objects other than tensors and plain containers, so it "
             "cannot be loaded with torch.load(weights_only=True). If you trust the file, pass "
-            f"allow_pickle=True (--allow-pickle). Reason: {e}"
+            f"allow_pickle=True (--allow-pickle). {reason}"
         ) from e
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model"), dict):
-        found = sorted(checkpoint)[:10] if isinstance(checkpoint, dict) else type(checkpoint)
-        raise ValueError(
+        found = list(checkpoint)[:10] if isinstance(checkpoint, dict) else type(checkpoint)
+        raise ConfigValueError(
             f"checkpoint {path!r} has no 'model' state_dict (found {found}): expected a "
             "training checkpoint written by detectron2's DetectionCheckpointer"
         )
@@ -74,7 +77,7 @@ def _plain_tensors(state: dict[str, Any]) -> dict[str, torch.Tensor]:
 
 
 def check_student_state(cfg: CfgNode, state: dict[str, torch.Tensor]) -> None:
-    """Raise ``ValueError`` unless ``state`` fits the plain detector of ``cfg`` exactly.
+    """Raise ``ConfigValueError`` unless ``state`` fits the plain detector of ``cfg`` exactly.
 
     Builds the plain detector on the CPU and compares key sets and shapes.
     """
@@ -98,7 +101,7 @@ def check_student_state(cfg: CfgNode, state: dict[str, torch.Tensor]) -> None:
             f"{len(keys)} {kind} keys (e.g. {', '.join(keys[:3])})"
             for kind, keys in problems.items()
         )
-        raise ValueError(
+        raise ConfigValueError(
             f"the student weights do not fit the plain {plain.MODEL.META_ARCHITECTURE} of this "
             f"config: {report}. Is it the config the checkpoint was trained with?"
         )
@@ -133,8 +136,8 @@ def extract_student(
         tensors).
 
     Raises:
-        FileNotFoundError / ValueError: see :func:`load_training_checkpoint`;
-            ``ValueError`` also when ``verify`` finds missing, unexpected or mis-shaped keys.
+        MissingFileError / ConfigValueError: see :func:`load_training_checkpoint`;
+            ``ConfigValueError`` also when ``verify`` finds missing, unexpected or mis-shaped keys.
     """
     checkpoint = load_training_checkpoint(checkpoint_path, allow_pickle=allow_pickle)
     model_state = checkpoint["model"]

@@ -1,13 +1,16 @@
 #!/usr/bin/env python
 """Benchmark what distillation costs, on one fixed batch, in one run.
 
-Phases (distill/benchmark.py says how time and memory are measured):
+Phases (the module docstring of distill/benchmark.py says how time and memory are measured):
 
 * train step (forward + backward + SGD step) of the student alone (DISTILL.DISTILLERS=[]) and
   with the configured distillers and teacher, and their time / memory ratios;
 * the teacher's forward alone (preprocess + backbone, no_grad), when there is a teacher;
-* eval-mode inference of the plain detector, of the extracted student (the Distill model's
-  student weights in the plain detector) and of the Distill model: the times should be equal.
+* eval-mode inference of the plain detector (with the weights of the student-alone train steps),
+  of the extracted student (the Distill model's student weights after its train steps, in the
+  plain detector) and of the Distill model: the times should be equal. Both train phases start
+  from the same weights and take the same number of steps: detectors with unrelated random
+  weights differ in inference time (more or fewer boxes reach NMS).
 
 The batch is the first B images of DATASETS.TRAIN[0] through detectron2's DatasetMapper
 (resized to shortest edge S, no random flip) or, if that does not load (or ``--data
@@ -46,8 +49,18 @@ from detectron2.config import CfgNode
 from detectron2.structures import Boxes, Instances
 
 import distill
-from distill.benchmark import PHASES, run_benchmark
+from distill.benchmark import run_benchmark
+from distill.errors import ConfigError
 from distill.export import plain_config
+
+PHASES = {
+    "train_student": "train step, student alone (DISTILL.DISTILLERS=[])",
+    "train_distill": "train step, student + distillers + teacher",
+    "teacher_forward": "teacher preprocess + backbone, no_grad",
+    "infer_plain": "eval forward, plain detector, weights of train_student",
+    "infer_extracted": "eval forward, plain detector, student of train_distill",
+    "infer_distill": "eval forward, Distill model of train_distill",
+}
 
 
 def synthetic_batch(
@@ -194,4 +207,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    try:
+        main(sys.argv[1:])
+    except ConfigError as e:
+        raise SystemExit(f"error: {e}") from None

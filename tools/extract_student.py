@@ -20,6 +20,7 @@ import argparse
 import sys
 
 import distill
+from distill.errors import ConfigError
 from distill.export import extract_student
 
 
@@ -52,16 +53,9 @@ def setup(args: argparse.Namespace):
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     cfg = setup(args)
-    try:
-        stats = extract_student(
-            args.weights,
-            args.output,
-            cfg,
-            verify=not args.no_verify,
-            allow_pickle=args.allow_pickle,
-        )
-    except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"error: {e}") from e
+    stats = extract_student(
+        args.weights, args.output, cfg, verify=not args.no_verify, allow_pickle=args.allow_pickle
+    )
     print(
         f"{stats['model_keys']} model keys in {stats['checkpoint']} "
         f"(iteration {stats['iteration']}): kept {stats['student_keys']} student keys "
@@ -73,4 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    try:
+        main(sys.argv[1:])
+    except ConfigError as e:
+        raise SystemExit(f"error: {e}") from None

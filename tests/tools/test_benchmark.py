@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import math
 
-from conftest import FAMILIES, REPO, TINY_OPTS
+from conftest import FAMILIES, REPO, TINY_OPTS, tiny_cfg
 from test_extract_student import load_tool
 
-from distill.benchmark import PHASES, RATIOS
+from distill.benchmark import RATIOS, run_benchmark
 
 
 def test_benchmark_feature_kd(tmp_path, teacher_files, capsys):
@@ -23,9 +23,10 @@ def test_benchmark_feature_kd(tmp_path, teacher_files, capsys):
         "DISTILL.TEACHER.CONFIG_FILE", str(teacher_config),
         "DISTILL.TEACHER.WEIGHTS", str(teacher_weights),
     ]  # fmt: skip
-    result = load_tool("benchmark").main(argv)
+    tool = load_tool("benchmark")
+    result = tool.main(argv)
 
-    assert set(result["phases"]) == set(PHASES)
+    assert set(result["phases"]) == set(tool.PHASES)
     for name, phase in result["phases"].items():
         assert len(phase["times_s"]) == 2, name
         for key in ("median_s", "mean_s", "min_s"):
@@ -46,3 +47,18 @@ def test_benchmark_feature_kd(tmp_path, teacher_files, capsys):
     assert written["torch"] and written["device"] == "cpu" and "FeatureKD" in written["config"]
     out = capsys.readouterr().out
     assert "train_distill" in out and "train_time_distill_vs_student" in out
+
+
+def test_benchmark_without_distillers_on_synthetic_images():
+    """The plain config (as ``make bench`` runs it): no teacher, no distill phases, no ratios."""
+    cfg = tiny_cfg("retinanet")
+    batch, info = load_tool("benchmark").load_batch(cfg, 1, 64, data="synthetic")
+    assert info == {"source": "synthetic", "image_size": 64, "image_shapes": [[3, 64, 64]]}
+    result = run_benchmark(cfg, batch, iters=1, warmup=0)
+    assert set(result["phases"]) == {"train_student", "infer_plain", "infer_extracted",
+                                     "infer_distill"}  # fmt: skip
+    assert all(p["median_s"] > 0 for p in result["phases"].values())
+    assert result["ratios"]["train_time_distill_vs_student"] is None
+    assert result["ratios"]["infer_extracted_vs_plain"] > 0
+    assert result["checks"]["dropped_distiller_keys"] == 0
+    assert result["checks"]["extracted_outputs_equal_distill"] is True

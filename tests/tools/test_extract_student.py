@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import importlib.util
 
 import pytest
@@ -11,6 +12,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
 import distill
+from distill.errors import ConfigValueError, MissingFileError
 from distill.export import extract_student
 
 PLAIN = {"faster_rcnn": "GeneralizedRCNN", "retinanet": "RetinaNet", "fcos": "FCOS"}
@@ -106,7 +108,7 @@ def test_cli_writes_student_and_refuses_a_wrong_config(tmp_path, trained, capsys
     assert f"dropped {stats['distiller_keys']} distiller keys" in out
     assert (tmp_path / "s.pth").is_file() and (tmp_path / "s.yaml").is_file()
     # the same checkpoint with a narrower FPN in the config: the check names the mismatch
-    with pytest.raises(SystemExit, match="wrongly shaped keys"):
+    with pytest.raises(ConfigValueError, match="wrongly shaped keys"):
         tool.main(
             [*argv, "--output", str(tmp_path / "t.pth"), *opts, "MODEL.FPN.OUT_CHANNELS", "16"]
         )
@@ -116,10 +118,17 @@ def test_cli_writes_student_and_refuses_a_wrong_config(tmp_path, trained, capsys
 def test_clear_errors(tmp_path):
     cfg = tiny_cfg("faster_rcnn")
     missing = tmp_path / "nope.pth"
-    with pytest.raises(FileNotFoundError, match=str(missing)):
+    with pytest.raises(MissingFileError, match=str(missing)):
         extract_student(str(missing), str(tmp_path / "s.pth"), cfg)
     bare = tmp_path / "bare.pth"
     torch.save({"backbone.w": torch.zeros(1)}, bare)
-    with pytest.raises(ValueError, match="no 'model' state_dict"):
+    with pytest.raises(ConfigValueError, match="no 'model' state_dict"):
         extract_student(str(bare), str(tmp_path / "s.pth"), cfg)
     assert not (tmp_path / "s.pth").exists()
+    # an arbitrary pickled object is refused unless the file is trusted
+    odd = tmp_path / "odd.pth"
+    torch.save({"model": {"backbone.w": torch.zeros(1)}, "when": datetime.date(2024, 1, 1)}, odd)
+    with pytest.raises(ConfigValueError, match="allow-pickle"):
+        extract_student(str(odd), str(tmp_path / "s.pth"), cfg, verify=False)
+    stats = extract_student(str(odd), str(tmp_path / "s.pth"), cfg, verify=False, allow_pickle=True)
+    assert stats["student_keys"] == 1 and stats["dropped_entries"] == ["when"]
