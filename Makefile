@@ -28,7 +28,7 @@ demo: install
 	$(PY) tools/demo.py
 
 teachers: install
-	$(PY) tools/train_teachers.py
+	$(PY) tools/train_teachers.py $(if $(FAMILIES),--families $(FAMILIES))
 
 test: install lint
 	$(PY) -m pytest -q $(PYTEST_ARGS)
@@ -42,4 +42,5 @@ format: install
 	$(PY) -m ruff check --fix .
 
 bench: install
-	$(PY) tools/benchmark.py --config-file configs/embedded/faster_rcnn_R18_small.yaml
+	$(PY) tools/benchmark.py --config-file configs/embedded/faster_rcnn_R18_feature_kd.yaml \
+		--json output/benchmark/faster_rcnn_R18_feature_kd.json

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import string
 
 from detectron2.checkpoint import DetectionCheckpointer
 
@@ -15,6 +16,14 @@ DISTILLER_PREFIX = "distillers."
 def student_state_dict(state: dict) -> dict:
     """The student's weights of a distillation state_dict: everything but ``distillers.*``."""
     return {k: v for k, v in state.items() if not k.startswith(DISTILLER_PREFIX)}
+
+
+def expand_path(path: str) -> str:
+    """Expand ``~`` and environment variables; ``$DISTILL_CACHE`` defaults to the cache root."""
+    from distill.data.synthetic_coco import default_cache_root
+
+    env = {**os.environ, "DISTILL_CACHE": str(default_cache_root())}
+    return os.path.expanduser(string.Template(path).safe_substitute(env))
 
 
 def check_local_weights(path: str, key: str) -> None:

@@ -42,6 +42,7 @@ def add_distill_config(cfg: CN) -> None:
         _C.DISTILL.DISTILLERS = []
         _C.DISTILL.TEACHER = CN()
         # The teacher's own detectron2 config file (YAML). Needed when a distiller needs a teacher.
+        # In both paths "~" and $VARS are expanded; $DISTILL_CACHE defaults to ~/.cache/distill.
         _C.DISTILL.TEACHER.CONFIG_FILE = ""
         # The teacher's checkpoint (a detectron2 .pth/.pkl). Needed whenever CONFIG_FILE is used.
         _C.DISTILL.TEACHER.WEIGHTS = ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABCMeta, abstractmethod
 from typing import TYPE_CHECKING
 
 import torch
@@ -19,7 +20,7 @@ TEACHER_ITEMS = frozenset({"teacher_features", "teacher"})
 CONTEXT_ITEMS = STUDENT_ITEMS | TEACHER_ITEMS
 
 
-class Distiller(nn.Module):
+class Distiller(nn.Module, metaclass=ABCMeta):
     """Base class of distillation methods, registered in ``DISTILLER_REGISTRY``.
 
     A subclass sets ``config_node`` (its config node, e.g. ``"LGD"``) and ``needs`` (a subset of
@@ -113,6 +114,6 @@ class Distiller(nn.Module):
         """Whether the schedule runs this distiller at ``iteration``."""
         return iteration >= self.start_iter and (self.stop_iter < 0 or iteration < self.stop_iter)
 
+    @abstractmethod
     def forward(self, context: DistillContext) -> dict[str, torch.Tensor]:
         """Return this distiller's unweighted losses (scalars), named with ``loss_prefix``."""
-        raise NotImplementedError(f"{type(self).__name__} must implement forward(context)")

@@ -19,7 +19,7 @@ from detectron2.modeling import build_model
 from detectron2.structures import ImageList
 from torch import nn
 
-from distill.checkpoint import DISTILLER_PREFIX, check_local_weights
+from distill.checkpoint import DISTILLER_PREFIX, check_local_weights, expand_path
 from distill.errors import ConfigValueError, MissingFileError
 
 logger = logging.getLogger(__name__)
@@ -91,29 +91,30 @@ def build_teacher(cfg: CfgNode, student_format: str) -> Teacher:
     from distill.config import get_distill_cfg
 
     tcfg = cfg.DISTILL.TEACHER
-    if not tcfg.CONFIG_FILE:
+    config_file, weights = expand_path(tcfg.CONFIG_FILE), expand_path(tcfg.WEIGHTS)
+    if not config_file:
         raise ConfigValueError(
             f"DISTILL.DISTILLERS={list(cfg.DISTILL.DISTILLERS)} need a teacher, but "
             "DISTILL.TEACHER.CONFIG_FILE is empty: set it to the teacher's detectron2 config file."
         )
-    if not os.path.isfile(tcfg.CONFIG_FILE):
-        raise MissingFileError(f"DISTILL.TEACHER.CONFIG_FILE: no file at {tcfg.CONFIG_FILE!r}")
-    if not tcfg.WEIGHTS:
+    if not os.path.isfile(config_file):
+        raise MissingFileError(f"DISTILL.TEACHER.CONFIG_FILE: no file at {config_file!r}")
+    if not weights:
         raise ConfigValueError(
             "DISTILL.TEACHER.WEIGHTS is empty: a teacher needs trained weights "
-            f"(the checkpoint of the model described by {tcfg.CONFIG_FILE})."
+            f"(the checkpoint of the model described by {config_file})."
         )
-    check_local_weights(tcfg.WEIGHTS, "DISTILL.TEACHER.WEIGHTS")
+    check_local_weights(weights, "DISTILL.TEACHER.WEIGHTS")
 
     teacher_cfg = get_distill_cfg()
-    teacher_cfg.merge_from_file(tcfg.CONFIG_FILE)
+    teacher_cfg.merge_from_file(config_file)
     teacher_cfg.merge_from_list(list(tcfg.OPTS))
     teacher_cfg.DISTILL.DISTILLERS = []
     teacher_cfg.MODEL.DEVICE = cfg.MODEL.DEVICE
-    teacher_cfg.MODEL.WEIGHTS = tcfg.WEIGHTS
+    teacher_cfg.MODEL.WEIGHTS = weights
     teacher_cfg.freeze()
     model = build_model(teacher_cfg)
-    load_teacher_weights(model, tcfg.WEIGHTS, tcfg.ALLOW_MISMATCHED_WEIGHTS)
+    load_teacher_weights(model, weights, tcfg.ALLOW_MISMATCHED_WEIGHTS)
 
     fmt = teacher_cfg.INPUT.FORMAT
     if fmt != student_format and not {fmt, student_format} <= _SWAPPABLE_FORMATS:

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable
 
 import torch
+from detectron2.config import configurable
 from detectron2.utils.events import get_event_storage
 from torch import nn
 
@@ -48,13 +49,24 @@ def distill_from_config(cfg) -> dict:
 
 
 class DistillMixin:
-    """Adds distillers (and a frozen teacher) to a detectron2 meta-architecture's training."""
+    """Adds distillers (and a frozen teacher) to a detectron2 meta-architecture's training.
 
-    def _setup_distill(
+    Args:
+        distillers: name -> Distiller, or a factory called with the student backbone's output
+            shapes (what ``from_config`` passes).
+        teacher: the frozen teacher, or None when no distiller needs one.
+        **kwargs: the arguments of the plain detector.
+    """
+
+    @configurable
+    def __init__(
         self,
-        distillers: dict[str, Distiller] | Callable[..., dict[str, Distiller]] | None,
-        teacher: Teacher | None,
-    ) -> None:
+        *,
+        distillers: dict[str, Distiller] | Callable[..., dict[str, Distiller]] | None = None,
+        teacher: Teacher | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
         if callable(distillers):
             distillers = distillers(self.backbone.output_shape())
         self.distillers = nn.ModuleDict(distillers or {})
@@ -85,6 +97,10 @@ class DistillMixin:
                     "runs only the teacher backbone, run other teacher parts in the distiller"
                 )
             self._teacher_recorder = FeatureRecorder(teacher.model, teacher_paths, owner="teacher")
+
+    @classmethod
+    def from_config(cls, cfg):
+        return {**super().from_config(cfg), **distill_from_config(cfg)}
 
     @property
     def teacher(self) -> Teacher | None:

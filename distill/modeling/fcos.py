@@ -55,11 +55,18 @@ def build_fcos_resnet_fpn_backbone(cfg, input_shape: ShapeSpec):
 
 @META_ARCH_REGISTRY.register()
 class FCOS(D2FCOS):
-    """detectron2's FCOS, configurable from ``MODEL.FCOS.*``; handles images without boxes."""
+    """detectron2's FCOS, configurable from ``MODEL.FCOS.*``; handles images without boxes.
+
+    Args:
+        input_format: channel order of the input images (``INPUT.FORMAT``), kept like the
+            other meta-architectures do.
+        **kwargs: the arguments of detectron2's FCOS.
+    """
 
     @configurable
-    def __init__(self, **kwargs):
+    def __init__(self, *, input_format: str = "BGR", **kwargs):
         super().__init__(**kwargs)
+        self.input_format = input_format
 
     @classmethod
     def from_config(cls, cfg):
@@ -88,6 +95,7 @@ class FCOS(D2FCOS):
             "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
+            "input_format": cfg.INPUT.FORMAT,
         }
 
     @torch.no_grad()

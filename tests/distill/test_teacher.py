@@ -107,3 +107,21 @@ def test_teacher_weights_with_wrong_shapes(teacher_files):
     cfg.freeze()
     with pytest.raises(TeacherWeightsError, match="wrong shapes"):
         build_model(cfg)
+
+
+def test_teacher_autocast_outputs_fp32(teacher_files):
+    cfg = tiny_cfg("retinanet", "DISTILL.TEACHER.AUTOCAST", True, distillers=["FeatureKD"],
+                   teacher=teacher_files("retinanet"))  # fmt: skip
+    model = build_model(cfg)
+    teacher = model.teacher
+    images = teacher.preprocess(make_batch(), student_format=cfg.INPUT.FORMAT)
+    seen = []
+    hook = teacher.model.backbone.bottom_up.stem.register_forward_hook(
+        lambda m, i, o: seen.append(o.dtype)
+    )
+    features = teacher.features(images)
+    hook.remove()
+    assert seen == [torch.bfloat16]  # CPU autocast
+    assert all(f.dtype == torch.float32 and not f.requires_grad for f in features.values())
+    losses = train_step(model, make_batch())
+    assert torch.isfinite(losses["loss_feature_kd_mse"])
