@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 from tabulate import tabulate
 
@@ -40,17 +41,23 @@ def main() -> None:
     cfg.freeze()
     setup_logger(cfg.OUTPUT_DIR)
     setup_logger(cfg.OUTPUT_DIR, name="distill")
+    seed_all_rng(cfg.SEED)
 
     trainer = DistillTrainer(cfg)
     trainer.resume_or_load(resume=False)
-    results = trainer.train()
+    trainer.train()
+    results = trainer._last_eval_results  # set by the evaluation after the last iteration
+    if len(cfg.DATASETS.TEST) == 1:  # detectron2 unwraps the results of a single dataset
+        results = {cfg.DATASETS.TEST[0]: results}
     minutes = (time.perf_counter() - start) / 60
     for dataset, metrics in results.items():
-        rows = [[k, f"{v:.2f}"] for k, v in metrics["bbox"].items()]
-        print(
-            f"\n{cfg.MODEL.META_ARCHITECTURE} on {dataset} after {cfg.SOLVER.MAX_ITER} iterations"
-        )
-        print(tabulate(rows, headers=["metric", "value"], tablefmt="github"))
+        bbox = metrics["bbox"]
+        overall = {k: v for k, v in bbox.items() if not k.startswith("AP-")}
+        per_class = {k[3:]: v for k, v in bbox.items() if k.startswith("AP-")}
+        arch, iters = cfg.MODEL.META_ARCHITECTURE, cfg.SOLVER.MAX_ITER
+        print(f"\n{arch} on {dataset} after {iters} iterations: box AP (COCO, %)")
+        for table in (overall, per_class):
+            print(tabulate([list(table.values())], headers=list(table), floatfmt=".1f"))
     print(f"\ndemo finished in {minutes:.1f} min; outputs in {cfg.OUTPUT_DIR}/")
 
 
