@@ -54,8 +54,8 @@ def add_distill_config(cfg: CN) -> None:
         _C.DISTILL.TEACHER.ALLOW_MISMATCHED_WEIGHTS = False
         # DDP: find parameters without gradient (a distiller switched off by its schedule).
         _C.DISTILL.FIND_UNUSED_PARAMETERS = True
-    for name in DISTILLER_REGISTRY._obj_map:
-        DISTILLER_REGISTRY.get(name).add_config(cfg)
+    for _name, distiller_class in DISTILLER_REGISTRY:
+        distiller_class.add_config(cfg)
 
 
 def get_distill_cfg() -> CN:

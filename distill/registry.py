@@ -24,7 +24,7 @@ Registry of feature adapters: modules mapping a student feature map (N, C_s, H, 
 def get_distiller_class(name: str) -> type:
     """Look a distiller class up by name; an unknown name lists the registered ones."""
     if name not in DISTILLER_REGISTRY:
-        known = ", ".join(sorted(DISTILLER_REGISTRY._obj_map)) or "(none)"
+        known = ", ".join(sorted(n for n, _ in DISTILLER_REGISTRY)) or "(none)"
         raise ConfigKeyError(
             f"DISTILL.DISTILLERS: unknown distiller {name!r}. Registered distillers: {known}. "
             "Is the project that defines it imported (distill.load_projects())?"

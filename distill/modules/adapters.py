@@ -65,6 +65,6 @@ def build_adapter(name: str, in_channels: int, out_channels: int, **kwargs) -> n
     """Build a registered adapter by name; an unknown name lists the registered ones."""
     if name not in ADAPTER_REGISTRY:
         raise ConfigKeyError(
-            f"unknown adapter {name!r}; registered: {sorted(ADAPTER_REGISTRY._obj_map)}"
+            f"unknown adapter {name!r}; registered: {sorted(n for n, _ in ADAPTER_REGISTRY)}"
         )
     return ADAPTER_REGISTRY.get(name)(in_channels, out_channels, **kwargs)
