@@ -22,3 +22,11 @@ class ConfigKeyError(ConfigError, KeyError):
 
 class MissingFileError(ConfigError, FileNotFoundError):
     """A file or directory named by the config does not exist (nothing is downloaded)."""
+
+
+def run_cli(main, *args):
+    """Run a tool's ``main``; a :class:`ConfigError` ends it with one ``error: ...`` line."""
+    try:
+        return main(*args)
+    except ConfigError as e:
+        raise SystemExit(f"error: {e}") from None

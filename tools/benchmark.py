@@ -50,7 +50,7 @@ from detectron2.structures import Boxes, Instances
 
 import distill
 from distill.benchmark import run_benchmark
-from distill.errors import ConfigError
+from distill.errors import run_cli
 from distill.export import plain_config
 
 PHASES = {
@@ -207,7 +207,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    try:
-        main(sys.argv[1:])
-    except ConfigError as e:
-        raise SystemExit(f"error: {e}") from None
+    run_cli(main, sys.argv[1:])

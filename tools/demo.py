@@ -20,7 +20,7 @@ from tabulate import tabulate
 import distill
 from distill.data import ensure_embedded_dataset
 from distill.engine import DistillTrainer
-from distill.errors import ConfigError
+from distill.errors import run_cli
 
 DEFAULT_CONFIG = "configs/embedded/faster_rcnn_R18_small.yaml"
 
@@ -62,7 +62,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except ConfigError as e:
-        raise SystemExit(f"error: {e}") from None
+    run_cli(main)

@@ -20,7 +20,7 @@ import argparse
 import sys
 
 import distill
-from distill.errors import ConfigError
+from distill.errors import run_cli
 from distill.export import extract_student
 
 
@@ -67,7 +67,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main(sys.argv[1:])
-    except ConfigError as e:
-        raise SystemExit(f"error: {e}") from None
+    run_cli(main, sys.argv[1:])

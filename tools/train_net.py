@@ -21,7 +21,7 @@ from detectron2.modeling import build_model
 import distill
 from distill.checkpoint import StudentCheckpointer
 from distill.engine import DistillTrainer
-from distill.errors import ConfigError
+from distill.errors import run_cli
 from distill.export import plain_config
 from distill.launch import run
 
@@ -55,7 +55,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    try:
-        run(main, default_argument_parser().parse_args())
-    except ConfigError as e:
-        raise SystemExit(f"error: {e}") from None
+    run_cli(run, main, default_argument_parser().parse_args())
