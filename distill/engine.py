@@ -87,8 +87,7 @@ class DistillTrainer(DefaultTrainer):
             raise ConfigValueError(
                 "SOLVER.AMP.ENABLED needs MODEL.DEVICE cuda with a GPU available"
             )
-        for name in cfg.DATASETS.TRAIN:
-            check_builtin_dataset_root(name)
+        check_builtin_dataset_root(cfg.DATASETS.TRAIN)
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)

@@ -13,13 +13,12 @@ import os
 from collections.abc import Iterator
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.modeling import build_model
 from detectron2.structures import ImageList
 from torch import nn
 
-from distill.checkpoint import DISTILLER_PREFIX, check_local_weights, expand_path
+from distill.checkpoint import StudentCheckpointer, check_local_weights, expand_path
 from distill.errors import ConfigValueError, MissingFileError
 
 logger = logging.getLogger(__name__)
@@ -113,25 +112,20 @@ def build_teacher(cfg: CfgNode, student_format: str) -> Teacher:
     teacher_cfg.MODEL.DEVICE = cfg.MODEL.DEVICE
     teacher_cfg.MODEL.WEIGHTS = weights
     teacher_cfg.freeze()
-    model = build_model(teacher_cfg)
-    load_teacher_weights(model, weights, tcfg.ALLOW_MISMATCHED_WEIGHTS)
-
     fmt = teacher_cfg.INPUT.FORMAT
     if fmt != student_format and not {fmt, student_format} <= _SWAPPABLE_FORMATS:
         raise ConfigValueError(
             f"teacher INPUT.FORMAT {fmt!r} cannot be derived from the student's {student_format!r}"
         )
+    model = build_model(teacher_cfg)
+    load_teacher_weights(model, weights, tcfg.ALLOW_MISMATCHED_WEIGHTS)
     return Teacher(model, fmt, autocast=tcfg.AUTOCAST)
 
 
 def load_teacher_weights(model: nn.Module, path: str, allow_mismatch: bool) -> None:
     """Load ``path`` into ``model``, refusing any incompatibility unless ``allow_mismatch``."""
-    checkpointer = DetectionCheckpointer(model)
-    checkpoint = checkpointer._load_file(path)
-    state = checkpoint.get("model", checkpoint)
-    for key in [k for k in state if k.startswith(DISTILLER_PREFIX)]:
-        del state[key]
-    incompatible = checkpointer._load_model(checkpoint)
+    checkpointer = StudentCheckpointer(model)  # drops distiller weights of a distilled teacher
+    incompatible = checkpointer._load_model(checkpointer._load_file(path))
     problems = {
         "missing keys": list(incompatible.missing_keys),
         "unexpected keys": list(incompatible.unexpected_keys),

@@ -18,7 +18,7 @@ from detectron2.utils.events import get_event_storage
 from torch import nn
 
 from distill.context import DistillContext
-from distill.distiller import Distiller
+from distill.distiller import TEACHER_ITEMS, Distiller
 from distill.errors import ConfigValueError
 from distill.hooks import FeatureRecorder, tap_method
 from distill.registry import get_distiller_class
@@ -36,7 +36,7 @@ def distill_from_config(cfg) -> dict:
         raise ConfigValueError(f"DISTILL.DISTILLERS lists a distiller twice: {names}")
     classes = {name: get_distiller_class(name) for name in names}
     teacher = None
-    if any(cls.needs & {"teacher", "teacher_features"} for cls in classes.values()):
+    if any(cls.needs & TEACHER_ITEMS for cls in classes.values()):
         teacher = build_teacher(cfg, cfg.INPUT.FORMAT)
     elif cfg.DISTILL.TEACHER.CONFIG_FILE:
         logger.info("DISTILL.TEACHER is set but no configured distiller needs it: not built")
