@@ -28,6 +28,9 @@ class DistillContext:
         sampled_proposals: R-CNN only, when declared: per image, the RoIs sampled for the box
             head, with ``proposal_boxes``, ``gt_classes`` (num_classes = background) and
             ``gt_boxes``.
+        dense_targets: RetinaNet/FCOS only, when declared: the student's anchor targets, the
+            ``(gt_labels, gt_boxes)`` returned by its ``label_anchors`` (per image, one entry per
+            anchor of all levels).
         student_records: outputs of the declared student module paths.
     """
 
@@ -40,6 +43,7 @@ class DistillContext:
         images: ImageList,
         student_features: dict[str, torch.Tensor],
         sampled_proposals: list[Instances] | None,
+        dense_targets: tuple[list[torch.Tensor], list[torch.Tensor]] | None,
         student_records: dict[str, Any],
         teacher: Teacher | None,
         teacher_recorder: FeatureRecorder | None,
@@ -51,6 +55,7 @@ class DistillContext:
         self.images = images
         self.student_features = student_features
         self.sampled_proposals = sampled_proposals
+        self.dense_targets = dense_targets
         self.student_records = student_records
         self._teacher = teacher
         self._teacher_recorder = teacher_recorder

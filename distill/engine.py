@@ -3,7 +3,8 @@
 Differences from ``DefaultTrainer``:
 
 * the optimizer covers the student and the distillers only (the teacher is not a submodule);
-  each distiller may have its own learning rate and weight decay (``<NODE>.BASE_LR/WEIGHT_DECAY``);
+  each distiller may have its own learning rate, weight decay and optimizer type, and may freeze
+  student parameters for some iterations (:mod:`distill.solver`);
 * DDP works on CPU (gloo) as well as GPU, and finds parameters left unused by a distiller that
   its schedule switched off;
 * the training data order is a function of ``SEED`` and the iteration, so a resumed run sees
@@ -28,7 +29,6 @@ from detectron2.data.build import _train_loader_from_config
 from detectron2.data.samplers import TrainingSampler
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
 from detectron2.evaluation import COCOEvaluator
-from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from torch import nn
@@ -37,6 +37,7 @@ from torch.nn.parallel import DistributedDataParallel
 from distill.checkpoint import check_local_weights
 from distill.data.register import check_builtin_dataset_root
 from distill.errors import ConfigValueError
+from distill.solver import build_distill_optimizer
 
 logger = logging.getLogger(__name__)
 
@@ -108,31 +109,9 @@ class DistillTrainer(DefaultTrainer):
 
     @classmethod
     def build_optimizer(cls, cfg, model: nn.Module) -> torch.optim.Optimizer:
-        """SGD over the student's parameters plus one group set per distiller."""
-        defaults = dict(
-            weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
-            bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
-            weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
-        )
-        model = unwrap(model)
-        distillers = getattr(model, "distillers", nn.ModuleDict())
-        student = nn.ModuleList(m for m in model.children() if m is not distillers)
-        params = get_default_optimizer_params(
-            student, base_lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY, **defaults
-        )
-        for distiller in distillers.values():
-            lr = distiller.base_lr if distiller.base_lr >= 0 else cfg.SOLVER.BASE_LR
-            wd = distiller.weight_decay if distiller.weight_decay >= 0 else cfg.SOLVER.WEIGHT_DECAY
-            params += get_default_optimizer_params(
-                distiller, base_lr=lr, weight_decay=wd, **defaults
-            )
-        return maybe_add_gradient_clipping(cfg, torch.optim.SGD)(
-            params,
-            lr=cfg.SOLVER.BASE_LR,
-            momentum=cfg.SOLVER.MOMENTUM,
-            nesterov=cfg.SOLVER.NESTEROV,
-            weight_decay=cfg.SOLVER.WEIGHT_DECAY,
-        )
+        """SGD over the student's parameters plus each distiller's own solver
+        (:func:`distill.solver.build_distill_optimizer`)."""
+        return build_distill_optimizer(cfg, unwrap(model))
 
     @classmethod
     def build_train_loader(cls, cfg, start_iter: int = 0):

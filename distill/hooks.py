@@ -2,8 +2,9 @@
 
 :class:`FeatureRecorder` records the outputs of submodules named by their dotted path
 (``"backbone.bottom_up.res4"``); :func:`tap_method` records the return value of a method of one
-object (e.g. ``roi_heads.label_and_sample_proposals``). Both attach only inside a ``with`` block
-and detach on exit, so a model outside a recording session runs exactly its own code.
+object (e.g. ``roi_heads.label_and_sample_proposals``) and :func:`replay_method` makes a method
+return a recorded value. All attach only inside a ``with`` block and detach on exit, so a model
+outside such a block runs exactly its own code.
 """
 
 from __future__ import annotations
@@ -84,6 +85,20 @@ def tap_method(obj: Any, name: str, records: dict[str, Any], key: str) -> Iterat
         return result
 
     setattr(obj, name, tapped)
+    try:
+        yield
+    finally:
+        delattr(obj, name)
+
+
+@contextlib.contextmanager
+def replay_method(obj: Any, name: str, value: Any) -> Iterator[None]:
+    """Inside the block, ``obj.<name>(...)`` returns ``value`` without running.
+
+    Used to run a detector's code again on other inputs while reusing a result recorded with
+    :func:`tap_method` (e.g. the student's anchor targets for a second head pass).
+    """
+    setattr(obj, name, lambda *args, **kwargs: value)
     try:
         yield
     finally:

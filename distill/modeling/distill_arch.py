@@ -82,7 +82,13 @@ class DistillMixin:
                 f"{type(self).__name__} has no RoI heads: 'sampled_proposals' are only available "
                 "with DistillGeneralizedRCNN"
             )
+        if "dense_targets" in needs and not hasattr(self, "label_anchors"):
+            raise ConfigValueError(
+                f"{type(self).__name__} has no anchor targets: 'dense_targets' are only "
+                "available with DistillRetinaNet and DistillFCOS"
+            )
         self._tap_proposals = "sampled_proposals" in needs
+        self._tap_dense_targets = "dense_targets" in needs
         student_paths = [BACKBONE] + [
             p for d in self.distillers.values() for p in d.student_modules
         ]
@@ -132,6 +138,8 @@ class DistillMixin:
                         self.roi_heads, "label_and_sample_proposals", captured, "sampled_proposals"
                     )
                 )
+            if self._tap_dense_targets:
+                stack.enter_context(tap_method(self, "label_anchors", captured, "dense_targets"))
             losses = super().forward(batched_inputs)
 
         context = DistillContext(
@@ -141,6 +149,7 @@ class DistillMixin:
             images=captured["images"],
             student_features=student_records.pop(BACKBONE),
             sampled_proposals=captured.get("sampled_proposals"),
+            dense_targets=captured.get("dense_targets"),
             student_records=student_records,
             teacher=self._teacher,
             teacher_recorder=self._teacher_recorder,

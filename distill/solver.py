@@ -1,0 +1,139 @@
+"""The optimizer of a distillation run: the student's SGD plus each distiller's own solver.
+
+The student's parameters use detectron2's SGD (``SOLVER.*``). Each distiller's parameters form
+their own groups with its ``BASE_LR`` / ``WEIGHT_DECAY`` / ``OPTIMIZER``, except the children it
+lists in ``student_solver_children``. When every group uses SGD the result is one
+``torch.optim.SGD``; otherwise a :class:`CompositeOptimizer` steps one optimizer per type and is
+seen by the LR scheduler, gradient clipping and checkpoints as a single optimizer.
+
+Distillers may keep student parameters frozen at some iterations
+(:meth:`Distiller.frozen_student_prefixes`); a step pre-hook drops their gradients, so the
+optimizer skips them entirely (no momentum, no weight decay).
+"""
+
+from __future__ import annotations
+
+import torch
+from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
+from detectron2.utils.events import get_event_storage
+from torch import nn
+
+from distill.errors import ConfigValueError
+
+
+class CompositeOptimizer(torch.optim.Optimizer):
+    """Several optimizers over disjoint parameters, stepped, zeroed and saved together.
+
+    ``param_groups`` is the concatenation of the children's groups (the same dicts), so an LR
+    scheduler that rescales ``group["lr"]`` drives every child.
+
+    Args:
+        optimizers: name -> optimizer; the names key the saved state.
+    """
+
+    def __init__(self, optimizers: dict[str, torch.optim.Optimizer]):
+        params = [p for opt in optimizers.values() for g in opt.param_groups for p in g["params"]]
+        super().__init__(params, defaults={})
+        self.optimizers = dict(optimizers)
+        self.param_groups = [g for opt in self.optimizers.values() for g in opt.param_groups]
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        if closure is not None:
+            raise ValueError("CompositeOptimizer.step does not take a closure")
+        for optimizer in self.optimizers.values():
+            optimizer.step()
+
+    def state_dict(self) -> dict:
+        return {name: opt.state_dict() for name, opt in self.optimizers.items()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if set(state_dict) != set(self.optimizers):
+            raise ValueError(
+                f"optimizer state holds {sorted(state_dict)}, this run uses "
+                f"{sorted(self.optimizers)}: was a distiller's OPTIMIZER changed?"
+            )
+        for name, optimizer in self.optimizers.items():
+            optimizer.load_state_dict(state_dict[name])
+
+
+def _optimizer_class(cfg, name: str) -> type[torch.optim.Optimizer]:
+    base = {"SGD": torch.optim.SGD, "AdamW": torch.optim.AdamW}[name]
+    return maybe_add_gradient_clipping(cfg, base)
+
+
+def _make(cfg, name: str, groups: list[dict]) -> torch.optim.Optimizer:
+    cls = _optimizer_class(cfg, name)
+    if name == "SGD":
+        return cls(
+            groups,
+            lr=cfg.SOLVER.BASE_LR,
+            momentum=cfg.SOLVER.MOMENTUM,
+            nesterov=cfg.SOLVER.NESTEROV,
+            weight_decay=cfg.SOLVER.WEIGHT_DECAY,
+        )
+    return cls(groups, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY)
+
+
+def build_distill_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
+    """The optimizer of ``model`` (a plain or Distill meta-architecture, not DDP-wrapped)."""
+    defaults = dict(
+        weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
+        bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
+        weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
+    )
+    distillers = getattr(model, "distillers", nn.ModuleDict())
+    student = nn.ModuleList(m for m in model.children() if m is not distillers)
+    own_solver = {}
+    for distiller in distillers.values():
+        for child in distiller.student_solver_children:
+            student.append(getattr(distiller, child))
+        own = nn.ModuleList(
+            m for n, m in distiller.named_children() if n not in distiller.student_solver_children
+        )
+        own_solver[distiller] = own
+    groups = {
+        "SGD": get_default_optimizer_params(
+            student, base_lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY, **defaults
+        )
+    }
+    for distiller, modules in own_solver.items():
+        lr = distiller.base_lr if distiller.base_lr >= 0 else cfg.SOLVER.BASE_LR
+        wd = distiller.weight_decay if distiller.weight_decay >= 0 else cfg.SOLVER.WEIGHT_DECAY
+        own_params = get_default_optimizer_params(modules, base_lr=lr, weight_decay=wd, **defaults)
+        direct = [p for p in distiller.parameters(recurse=False) if p.requires_grad]
+        if direct:
+            own_params.append({"params": direct, "lr": lr, "weight_decay": wd})
+        groups.setdefault(distiller.optimizer, []).extend(own_params)
+    optimizers = {name: _make(cfg, name, g) for name, g in groups.items() if g}
+    optimizer = optimizers["SGD"] if list(optimizers) == ["SGD"] else CompositeOptimizer(optimizers)
+    if len(distillers):
+        optimizer.register_step_pre_hook(FrozenStudentParameters(model))
+    return optimizer
+
+
+class FrozenStudentParameters:
+    """Optimizer step pre-hook: drops the gradients of the student parameters that the
+    distillers freeze at the current iteration (read from the event storage)."""
+
+    def __init__(self, model: nn.Module):
+        self.distillers = list(model.distillers.values())
+        self.named = [
+            (n, p) for n, p in model.named_parameters() if not n.startswith("distillers.")
+        ]
+
+    def __call__(self, optimizer, args, kwargs) -> None:
+        try:
+            iteration = get_event_storage().iter
+        except AssertionError:  # no training loop around this step
+            return
+        for distiller in self.distillers:
+            for prefix in distiller.frozen_student_prefixes(iteration):
+                matched = [p for n, p in self.named if n.startswith(prefix)]
+                if not matched:
+                    raise ConfigValueError(
+                        f"{distiller.config_node}: the student has no parameters under "
+                        f"{prefix!r} to freeze"
+                    )
+                for parameter in matched:
+                    parameter.grad = None
