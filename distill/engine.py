@@ -30,11 +30,13 @@ from detectron2.data.samplers import TrainingSampler
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
+from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from distill.checkpoint import check_local_weights
+from distill.compiled_ops import check_compiled_ops
 from distill.data.register import check_builtin_dataset_root
 from distill.errors import ConfigValueError
 from distill.solver import build_distill_optimizer
@@ -108,6 +110,21 @@ class DistillTrainer(DefaultTrainer):
         self.register_hooks(self.build_hooks())
 
     @classmethod
+    def build_model(cls, cfg) -> nn.Module:
+        """detectron2's model. Fails first on a config needing compiled ops this install lacks,
+        and on distillers configured for a meta-architecture that cannot run them."""
+        check_compiled_ops(cfg)
+        model = super().build_model(cfg)
+        if cfg.DISTILL.DISTILLERS and not hasattr(model, "distillers"):
+            arch = cfg.MODEL.META_ARCHITECTURE
+            raise ConfigValueError(
+                f"DISTILL.DISTILLERS={list(cfg.DISTILL.DISTILLERS)} but MODEL.META_ARCHITECTURE "
+                f"{arch!r} does not run distillers: use a Distill meta-architecture "
+                "(DistillGeneralizedRCNN, DistillRetinaNet, DistillFCOS)"
+            )
+        return model
+
+    @classmethod
     def build_optimizer(cls, cfg, model: nn.Module) -> torch.optim.Optimizer:
         """SGD over the student's parameters plus each distiller's own solver
         (:func:`distill.solver.build_distill_optimizer`)."""
@@ -167,3 +184,16 @@ class DistillTrainer(DefaultTrainer):
             loader = self.build_train_loader(self.cfg, start_iter=self.start_iter)
             self._trainer.data_loader = loader
             self._trainer._data_loader_iter = iter(loader)
+
+
+def train_and_evaluate(cfg) -> dict[str, dict[str, float]]:
+    """Train ``cfg`` from scratch (no resume) and return its final evaluation,
+    dataset -> task -> metric (e.g. ``{"embedded_coco_val": {"bbox": {"AP": ...}}}``)."""
+    seed_all_rng(cfg.SEED if cfg.SEED >= 0 else None)
+    trainer = DistillTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    results = trainer._last_eval_results  # set by the evaluation after the last iteration
+    if len(cfg.DATASETS.TEST) == 1:  # detectron2 unwraps the results of a single dataset
+        results = {cfg.DATASETS.TEST[0]: results}
+    return results

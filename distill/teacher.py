@@ -19,6 +19,7 @@ from detectron2.structures import ImageList
 from torch import nn
 
 from distill.checkpoint import StudentCheckpointer, check_local_weights, expand_path
+from distill.compiled_ops import check_compiled_ops
 from distill.errors import ConfigValueError, MissingFileError
 
 logger = logging.getLogger(__name__)
@@ -112,6 +113,7 @@ def build_teacher(cfg: CfgNode, student_format: str) -> Teacher:
     teacher_cfg.MODEL.DEVICE = cfg.MODEL.DEVICE
     teacher_cfg.MODEL.WEIGHTS = weights
     teacher_cfg.freeze()
+    check_compiled_ops(teacher_cfg, f"the teacher ({config_file})")
     fmt = teacher_cfg.INPUT.FORMAT
     if fmt != student_format and not {fmt, student_format} <= _SWAPPABLE_FORMATS:
         raise ConfigValueError(

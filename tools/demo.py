@@ -3,26 +3,41 @@
 
     python tools/demo.py [--config-file CFG] [KEY VALUE ...]
 
-Trains ``configs/embedded/faster_rcnn_R18_small.yaml`` from scratch (about 7 minutes on 2 cores),
-evaluates it with COCOEvaluator on the embedded validation split and prints the AP table.
-Checkpoints, logs and the evaluation go to ``output/demo``.
+Trains the small RetinaNet with LGD (``projects/LGD/configs/embedded/retinanet_R18_lgd.yaml``,
+no pretrained teacher needed) from scratch, evaluates it with COCOEvaluator on the embedded
+validation split and prints the AP table. For an LGD run it also writes the heat maps of one
+validation image (student P3, implicit teacher P3, adapted student P3) to
+``output/demo/lgd_heatmaps_p3.png``. Checkpoints, logs and the evaluation go to ``output/demo``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
-from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 from tabulate import tabulate
 
 import distill
 from distill.data import ensure_embedded_dataset
-from distill.engine import DistillTrainer
+from distill.engine import DistillTrainer, train_and_evaluate
 from distill.errors import run_cli
 
-DEFAULT_CONFIG = "configs/embedded/faster_rcnn_R18_small.yaml"
+DEFAULT_CONFIG = "projects/LGD/configs/embedded/retinanet_R18_lgd.yaml"
+
+
+def save_lgd_heatmaps(cfg, level: str = "p3") -> str:
+    """Heat maps of the trained LGD model on the first annotated validation image."""
+    from detectron2.checkpoint import DetectionCheckpointer
+    from lgd.visualize import annotated_input, lgd_heatmaps, save_heatmaps
+
+    model = DistillTrainer.build_model(cfg)
+    DetectionCheckpointer(model).load(os.path.join(cfg.OUTPUT_DIR, "model_final.pth"))
+    maps = lgd_heatmaps(model, annotated_input(cfg, cfg.DATASETS.TEST[0]), level)
+    path = os.path.join(cfg.OUTPUT_DIR, f"lgd_heatmaps_{level}.png")
+    save_heatmaps(maps, path, level)
+    return path
 
 
 def main() -> None:
@@ -41,14 +56,7 @@ def main() -> None:
     cfg.freeze()
     setup_logger(cfg.OUTPUT_DIR)
     setup_logger(cfg.OUTPUT_DIR, name="distill")
-    seed_all_rng(cfg.SEED)
-
-    trainer = DistillTrainer(cfg)
-    trainer.resume_or_load(resume=False)
-    trainer.train()
-    results = trainer._last_eval_results  # set by the evaluation after the last iteration
-    if len(cfg.DATASETS.TEST) == 1:  # detectron2 unwraps the results of a single dataset
-        results = {cfg.DATASETS.TEST[0]: results}
+    results = train_and_evaluate(cfg)
     minutes = (time.perf_counter() - start) / 60
     for dataset, metrics in results.items():
         bbox = metrics["bbox"]
@@ -58,6 +66,8 @@ def main() -> None:
         print(f"\n{arch} on {dataset} after {iters} iterations: box AP (COCO, %)")
         for table in (overall, per_class):
             print(tabulate([list(table.values())], headers=list(table), floatfmt=".1f"))
+    if "LGD" in cfg.DISTILL.DISTILLERS:
+        print(f"\nheat maps: {save_lgd_heatmaps(cfg)}")
     print(f"\ndemo finished in {minutes:.1f} min; outputs in {cfg.OUTPUT_DIR}/")
 
 

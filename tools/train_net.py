@@ -16,7 +16,6 @@ import logging
 
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.evaluation import verify_results
-from detectron2.modeling import build_model
 
 import distill
 from distill.checkpoint import StudentCheckpointer
@@ -41,8 +40,7 @@ def setup(args):
 def main(args):
     cfg = setup(args)
     if args.eval_only:
-        student_cfg = plain_config(cfg)
-        model = build_model(student_cfg)
+        model = DistillTrainer.build_model(plain_config(cfg))
         StudentCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )

@@ -17,6 +17,7 @@ from detectron2.config import configurable
 from detectron2.utils.events import get_event_storage
 from torch import nn
 
+from distill.compiled_ops import check_compiled_ops
 from distill.context import DistillContext
 from distill.distiller import TEACHER_ITEMS, Distiller
 from distill.errors import ConfigValueError
@@ -106,6 +107,7 @@ class DistillMixin:
 
     @classmethod
     def from_config(cls, cfg):
+        check_compiled_ops(cfg, "the student")  # before anything is built
         return {**super().from_config(cfg), **distill_from_config(cfg)}
 
     @property

@@ -1,0 +1,39 @@
+"""Early refusal of configs that need detectron2's compiled ops on an install without them.
+
+``make install`` can give a detectron2 whose compiled extension is a pure-Python stand-in
+(``detectron2._C.IS_STANDIN``): models build, but ops such as deformable convolution fail only
+when first called. :func:`check_compiled_ops` names the config keys at fault before anything
+is built.
+"""
+
+from __future__ import annotations
+
+from detectron2.config import CfgNode
+
+from distill.errors import ConfigValueError
+
+
+def has_compiled_ops() -> bool:
+    """Whether detectron2's compiled extension (C++/CUDA ops) is installed."""
+    from detectron2 import _C
+
+    return not getattr(_C, "IS_STANDIN", False)
+
+
+def compiled_op_keys(cfg: CfgNode) -> list[str]:
+    """The config keys of ``cfg`` that select an op only detectron2's compiled extension has."""
+    keys = []
+    if any(cfg.MODEL.RESNETS.DEFORM_ON_PER_STAGE):
+        keys.append("MODEL.RESNETS.DEFORM_ON_PER_STAGE (deformable convolution)")
+    return keys
+
+
+def check_compiled_ops(cfg: CfgNode, role: str = "the model") -> None:
+    """Raise ConfigValueError when ``cfg`` needs compiled ops that this detectron2 lacks."""
+    keys = compiled_op_keys(cfg)
+    if keys and not has_compiled_ops():
+        raise ConfigValueError(
+            f"{role} needs detectron2's compiled ops, selected by {', '.join(keys)}; this "
+            "detectron2 was installed without them (pure-Python stand-in). Install a detectron2 "
+            "built with its C++/CUDA extension, or set these keys off."
+        )
