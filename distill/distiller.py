@@ -31,10 +31,11 @@ class Distiller(nn.Module, metaclass=ABCMeta):
     """Base class of distillation methods, registered in ``DISTILLER_REGISTRY``.
 
     A subclass sets ``config_node`` (its config node, e.g. ``"LGD"``) and ``needs`` (a subset of
-    ``CONTEXT_ITEMS``), may extend :meth:`add_config` and ``from_config``, and implements
-    :meth:`forward`, which reads a :class:`~distill.context.DistillContext` and returns losses
-    named ``loss_<config_node lower-case>_<term>``. The core applies the schedule: the distiller
-    runs only for ``start_iter <= iteration < stop_iter`` and its losses are multiplied by
+    ``CONTEXT_ITEMS``; an instance may set its own before calling ``super().__init__``, e.g.
+    depending on the student's kind), may extend :meth:`add_config` and ``from_config``, and
+    implements :meth:`forward`, which reads a :class:`~distill.context.DistillContext` and returns
+    losses named ``loss_<config_node lower-case>_<term>``. The core applies the schedule: the
+    distiller runs only for ``start_iter <= iteration < stop_iter`` and its losses are multiplied by
     ``loss_weight``. Its parameters train with the student, in their own parameter groups
     (``BASE_LR``, ``WEIGHT_DECAY``, ``OPTIMIZER``), except the children named in
     ``student_solver_children``, which follow the student's solver. A distiller may also keep

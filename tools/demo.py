@@ -21,7 +21,7 @@ from tabulate import tabulate
 
 import distill
 from distill.data import ensure_embedded_dataset
-from distill.engine import DistillTrainer, train_and_evaluate
+from distill.engine import train_and_evaluate
 from distill.errors import run_cli
 
 DEFAULT_CONFIG = "projects/LGD/configs/embedded/retinanet_R18_lgd.yaml"
@@ -30,9 +30,10 @@ DEFAULT_CONFIG = "projects/LGD/configs/embedded/retinanet_R18_lgd.yaml"
 def save_lgd_heatmaps(cfg, level: str = "p3") -> str:
     """Heat maps of the trained LGD model on the first annotated validation image."""
     from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.modeling import build_model
     from lgd.visualize import annotated_input, lgd_heatmaps, save_heatmaps
 
-    model = DistillTrainer.build_model(cfg)
+    model = build_model(cfg)
     DetectionCheckpointer(model).load(os.path.join(cfg.OUTPUT_DIR, "model_final.pth"))
     maps = lgd_heatmaps(model, annotated_input(cfg, cfg.DATASETS.TEST[0]), level)
     path = os.path.join(cfg.OUTPUT_DIR, f"lgd_heatmaps_{level}.png")
