@@ -55,6 +55,8 @@ class CompositeOptimizer(torch.optim.Optimizer):
             )
         for name, optimizer in self.optimizers.items():
             optimizer.load_state_dict(state_dict[name])
+        # loading gives the children new group dicts: share them again with the scheduler
+        self.param_groups = [g for opt in self.optimizers.values() for g in opt.param_groups]
 
 
 def _optimizer_class(cfg, name: str) -> type[torch.optim.Optimizer]:

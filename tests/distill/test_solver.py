@@ -49,6 +49,8 @@ def test_composite_steps_schedules_and_checkpoints_every_child():
     _, _, fresh = built("LGD.OPTIMIZER", "AdamW", "LGD.BASE_LR", 1e-3)
     fresh.load_state_dict(state)
     assert len(fresh.optimizers["AdamW"].state) == len(adamw.state)
+    children = [g for opt in fresh.optimizers.values() for g in opt.param_groups]
+    assert all(a is b for a, b in zip(fresh.param_groups, children, strict=True))  # LR reaches them
     _, _, sgd_only = built()
     with pytest.raises(ValueError, match="OPTIMIZER"):
         CompositeOptimizer({"SGD": sgd_only}).load_state_dict(state)

@@ -8,6 +8,8 @@ import torch
 from detectron2.structures import Boxes, Instances
 from lgd.implicit_teacher import ImplicitTeacher
 
+from distill.modules import build_adapter
+
 SIZE = (64, 96)  # padded input (H, W)
 STRIDES = {"p3": 8, "p4": 16, "p5": 32, "p6": 64, "p7": 128}
 
@@ -110,3 +112,5 @@ def test_parameter_count_at_the_paper_size():
     assert sum(p.numel() for p in model.parameters()) == 8_304_336
     attention = model.relation.attention
     assert attention.num_heads == 8 and attention.head_dim == 32
+    adapter = build_adapter("ConvStackAdapter", 256, 256, num_convs=3)  # LGD's default adapter
+    assert sum(p.numel() for p in adapter.parameters()) == 1_770_240
