@@ -1,5 +1,6 @@
 """Shared building blocks of distillation methods: adapters, KD losses, object sets (grouping,
-box masks, pooling and painting), label descriptors and encoders, same-image attention."""
+box masks, pooling and painting), label descriptors and encoders, same-image attention, and
+relation graphs (cosine edge matrices, node and edge losses, background mining)."""
 
 from distill.modules.adapters import Conv1x1Adapter, ConvStackAdapter, build_adapter
 from distill.modules.attention import SameImageAttention
@@ -17,6 +18,15 @@ from distill.modules.object_sets import (
     paint_in_masks,
     pool_in_masks,
 )
+from distill.modules.relation_graph import (
+    adaptive_background_weight,
+    background_cross_entropy,
+    cosine_edge_matrix,
+    edge_loss,
+    mine_background,
+    node_loss,
+    packed_edge_matrices,
+)
 
 __all__ = [
     "Conv1x1Adapter",
@@ -27,11 +37,18 @@ __all__ = [
     "PointNetLabelEncoder",
     "SameImageAttention",
     "TNet",
+    "adaptive_background_weight",
+    "background_cross_entropy",
     "box_cell_masks",
     "build_adapter",
+    "cosine_edge_matrix",
+    "edge_loss",
     "kl_div_with_temperature",
     "label_descriptors",
     "masked_mse",
+    "mine_background",
+    "node_loss",
+    "packed_edge_matrices",
     "paint_in_masks",
     "pool_in_masks",
 ]
