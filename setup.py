@@ -8,7 +8,10 @@ from setuptools import find_packages, setup
 
 # Project packages live in projects/<Method>/<pkg>/; each is registered under the
 # "distill.projects" entry-point group so that tools/train_net.py imports it for registration.
-PROJECT_PACKAGES: dict[str, str] = {"lgd": "projects/LGD/lgd"}
+PROJECT_PACKAGES: dict[str, str] = {
+    "lgd": "projects/LGD/lgd",
+    "dsig": "projects/Dsig/dsig",
+}
 
 setup(
     name="distill",

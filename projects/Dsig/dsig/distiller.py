@@ -1,0 +1,246 @@
+"""Dsig for two-stage students: structured instance graphs over the student's sampled RoIs.
+
+Nodes are the RoI-pooled FPN features (before the box head) of the RoIs the student's RoI heads
+sampled in this iteration, pooled with the same boxes from the student's and the teacher's
+pyramid, so node i covers the same region on both sides. Per image:
+
+* foreground nodes: RoIs matched to an object; background nodes: the others;
+* the teacher's box head scores every sampled RoI once; a background RoI joins the graph when the
+  teacher's cross-entropy against background is at least ``MINING_THRESHOLD``;
+* edges: cosine similarities among foreground + mined background nodes.
+
+Losses (sums over images of per-image means, see :mod:`distill.modules.relation_graph`):
+``loss_dsig_fg_node`` (weight ``FG_NODE_WEIGHT``), ``loss_dsig_bg_node`` over *all* sampled
+background RoIs with the per-image weight ``BG_WEIGHT_ALPHA * N_fg / N_bg`` (``BG_NODE_WEIGHT``),
+``loss_dsig_edge`` (0.5 x mean squared edge difference, ``EDGE_WEIGHT``), and optionally RoI
+classification KD, RoI box-regression KD and full FPN imitation.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from detectron2.config import CfgNode as CN
+from detectron2.config import configurable
+from detectron2.modeling import GeneralizedRCNN
+from torch import nn
+
+from distill.context import DistillContext
+from distill.distiller import Distiller
+from distill.errors import ConfigValueError
+from distill.modules import (
+    ObjectGroups,
+    adaptive_background_weight,
+    build_adapter,
+    edge_loss,
+    kl_div_with_temperature,
+    mine_background,
+    node_loss,
+)
+from distill.registry import DISTILLER_REGISTRY
+
+POOLER, PREDICTOR = "roi_heads.box_pooler", "roi_heads.box_predictor"
+
+
+@DISTILLER_REGISTRY.register()
+class Dsig(Distiller):
+    """Deep structured instance graph distillation of a Faster R-CNN student.
+
+    Args:
+        fg_node_weight, bg_node_weight, edge_weight: loss weights (0 switches a term off).
+        bg_weight_alpha: alpha of the adaptive background weight; <= 0 gives every image
+            weight 1.
+        mining_threshold: T of the background mining; a negative value keeps no background node
+            in the graph.
+        similarity: edge similarity, ``"instance"`` or ``"channel"``.
+        roi_cls_weight, temperature: RoI classification KD (KL with temperature, mean over all
+            RoI x class entries as in the official code).
+        roi_reg_weight: RoI box-regression KD (L1 at the ground-truth class columns of
+            foreground RoIs, summed and divided by the number of RoIs).
+        feature_weight: full FPN imitation, 0.5-free: weight x sum over levels of the MSE.
+        adapter: student-width -> teacher-width module applied to student maps and nodes, or
+            None when the widths are equal.
+    """
+
+    config_node = "DSIG"
+    needs = frozenset(
+        {"student_features", "teacher_features", "teacher", "sampled_proposals", "gt_instances"}
+    )
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        fg_node_weight: float = 0.5,
+        bg_node_weight: float = 0.5,
+        edge_weight: float = 1.0,
+        bg_weight_alpha: float = 7.5,
+        mining_threshold: float = 0.6,
+        similarity: str = "instance",
+        roi_cls_weight: float = 0.0,
+        temperature: float = 1.0,
+        roi_reg_weight: float = 0.0,
+        feature_weight: float = 0.0,
+        adapter: nn.Module | None = None,
+        **kwargs,
+    ):
+        super().__init__(student_modules=(POOLER, PREDICTOR), **kwargs)
+        self.fg_node_weight = fg_node_weight
+        self.bg_node_weight = bg_node_weight
+        self.edge_weight = edge_weight
+        self.bg_weight_alpha = bg_weight_alpha
+        self.mining_threshold = mining_threshold
+        self.similarity = similarity
+        self.roi_cls_weight = roi_cls_weight
+        self.temperature = temperature
+        self.roi_reg_weight = roi_reg_weight
+        self.feature_weight = feature_weight
+        self.adapter = adapter
+
+    @classmethod
+    def add_config(cls, cfg: CN) -> None:
+        super().add_config(cfg)
+        node = cfg[cls.config_node]
+        if "FG_NODE_WEIGHT" in node:
+            return
+        node.FG_NODE_WEIGHT = 0.5  # foreground node MSE (official FEATURE_ROIPOOL_FG_LOSS_WEIGHT)
+        node.BG_NODE_WEIGHT = 0.5  # background node MSE; 0 = off (official R101<-R152 config)
+        node.BG_WEIGHT_ALPHA = 7.5  # per-image background weight alpha * N_fg / N_bg; <= 0: 1
+        node.EDGE_WEIGHT = 1.0  # edge loss lambda_E (official REGION_CORRELATION_LOSS_WEIGHT_POOL)
+        # Background RoIs join the graph when the teacher's CE against background >= this;
+        # negative = no background node in the graph (foreground-only edges).
+        node.MINING_THRESHOLD = 0.6
+        node.SIMILARITY = "instance"  # edge similarity: "instance" (cosine) or "channel"
+        node.ROI_CLS_WEIGHT = 0.0  # RoI classification KD (KL, temperature below); 0 = off
+        node.TEMPERATURE = 1.0  # temperature of the RoI classification KD
+        node.ROI_REG_WEIGHT = 0.0  # RoI box-regression KD (L1 at GT-class columns); 0 = off
+        node.FEATURE_WEIGHT = 0.0  # full FPN imitation, weight x sum of per-level MSE; 0 = off
+        node.ADAPTER = "Conv1x1Adapter"  # student->teacher width adapter when the widths differ
+
+    @classmethod
+    def from_config(cls, cfg, student_shapes, teacher_shapes):
+        node = cfg[cls.config_node]
+        if node.SIMILARITY not in ("instance", "channel"):
+            raise ConfigValueError(f"DSIG.SIMILARITY: {node.SIMILARITY!r} is not instance/channel")
+        levels = list(cfg.MODEL.ROI_HEADS.IN_FEATURES)
+        missing = [lvl for lvl in levels if lvl not in teacher_shapes]
+        if missing:
+            raise ConfigValueError(
+                f"DSIG: the teacher backbone has no {missing} (it has {sorted(teacher_shapes)}); "
+                "the student's MODEL.ROI_HEADS.IN_FEATURES must exist in both pyramids"
+            )
+        s_width = {student_shapes[lvl].channels for lvl in levels}
+        t_width = {teacher_shapes[lvl].channels for lvl in levels}
+        if len(s_width) != 1 or len(t_width) != 1:
+            raise ConfigValueError("DSIG: the pooled levels must share one width on each side")
+        s_width, t_width = s_width.pop(), t_width.pop()
+        adapter = build_adapter(node.ADAPTER, s_width, t_width) if s_width != t_width else None
+        return {
+            **super().from_config(cfg, student_shapes, teacher_shapes),
+            "fg_node_weight": node.FG_NODE_WEIGHT,
+            "bg_node_weight": node.BG_NODE_WEIGHT,
+            "edge_weight": node.EDGE_WEIGHT,
+            "bg_weight_alpha": node.BG_WEIGHT_ALPHA,
+            "mining_threshold": node.MINING_THRESHOLD,
+            "similarity": node.SIMILARITY,
+            "roi_cls_weight": node.ROI_CLS_WEIGHT,
+            "temperature": node.TEMPERATURE,
+            "roi_reg_weight": node.ROI_REG_WEIGHT,
+            "feature_weight": node.FEATURE_WEIGHT,
+            "adapter": adapter,
+        }
+
+    def adapt(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.adapter is None else self.adapter(x)
+
+    def teacher_rois(self, context: DistillContext, boxes) -> tuple[torch.Tensor, ...]:
+        """The teacher's pooled nodes and (scores, deltas) for the student's RoIs, one pass."""
+        teacher = context.teacher
+        model = teacher.model
+        if not isinstance(model, GeneralizedRCNN) or model.roi_heads is None:
+            raise ConfigValueError("DSIG with a Faster R-CNN student needs an R-CNN teacher")
+        features = context.teacher_features
+        with teacher.inference():
+            maps = [features[f] for f in model.roi_heads.box_in_features]
+            pooled = model.roi_heads.box_pooler(maps, boxes)
+            needs_head = self.mining_threshold >= 0 or self.roi_cls_weight or self.roi_reg_weight
+            scores, deltas = (
+                model.roi_heads.box_predictor(model.roi_heads.box_head(pooled))
+                if needs_head
+                else (None, None)
+            )
+        return pooled.float(), scores, deltas
+
+    def forward(self, context: DistillContext) -> dict[str, torch.Tensor]:
+        proposals = context.sampled_proposals
+        boxes = [p.proposal_boxes for p in proposals]
+        num_classes = context.student.roi_heads.num_classes
+        classes = torch.cat([p.gt_classes for p in proposals])
+        image_index = torch.repeat_interleave(
+            torch.arange(len(proposals), device=classes.device),
+            torch.tensor([len(p) for p in proposals], device=classes.device),
+        )
+        student = self.adapt(context.student_records[POOLER].float())  # (R, C, 7, 7)
+        teacher, t_scores, t_deltas = self.teacher_rois(context, boxes)
+        fg = (classes >= 0) & (classes < num_classes)
+        bg = ~fg
+        losses = {}
+        if self.fg_node_weight:
+            groups = ObjectGroups(image_index[fg], len(proposals))
+            losses["loss_dsig_fg_node"] = self.fg_node_weight * node_loss(
+                student[fg], teacher[fg], groups
+            )
+        if self.bg_node_weight:
+            groups = ObjectGroups(image_index[bg], len(proposals))
+            weights = None
+            if self.bg_weight_alpha > 0:
+                n_fg = torch.bincount(image_index[fg], minlength=len(proposals))
+                weights = adaptive_background_weight(n_fg, groups.counts, self.bg_weight_alpha)
+            losses["loss_dsig_bg_node"] = self.bg_node_weight * node_loss(
+                student[bg], teacher[bg], groups, weights
+            )
+        if self.edge_weight:
+            in_graph = fg.clone()
+            if self.mining_threshold >= 0:
+                in_graph |= bg & mine_background(t_scores, self.mining_threshold)
+            groups = ObjectGroups(image_index[in_graph], len(proposals))
+            losses["loss_dsig_edge"] = self.edge_weight * edge_loss(
+                student[in_graph], teacher[in_graph], groups, self.similarity
+            )
+        if self.roi_cls_weight or self.roi_reg_weight:
+            s_scores, s_deltas = context.student_records[PREDICTOR]
+            if self.roi_cls_weight:
+                kl = kl_div_with_temperature(
+                    s_scores, t_scores, self.temperature, reduction="none"
+                )  # (R,): sum over classes; the official mean runs over R x (K + 1) entries
+                losses["loss_dsig_roi_cls"] = self.roi_cls_weight * kl.sum() / s_scores.numel()
+            if self.roi_reg_weight:
+                losses["loss_dsig_roi_reg"] = self.roi_reg_weight * roi_reg_kd(
+                    s_deltas, t_deltas, classes, fg
+                )
+        if self.feature_weight:
+            s_feats, t_feats = context.student_features, context.teacher_features
+            levels = [lvl for lvl in s_feats if lvl in t_feats]
+            mse = [F.mse_loss(self.adapt(s_feats[lvl].float()), t_feats[lvl]) for lvl in levels]
+            losses["loss_dsig_feature"] = self.feature_weight * torch.stack(mse).sum()
+        return losses
+
+
+def roi_reg_kd(
+    student: torch.Tensor, teacher: torch.Tensor, classes: torch.Tensor, fg: torch.Tensor
+) -> torch.Tensor:
+    """L1 between student and teacher box deltas at each foreground RoI's ground-truth class
+    columns (or the 4 class-agnostic columns), summed and divided by the number of RoIs."""
+    if student.shape != teacher.shape:
+        raise ConfigValueError(
+            f"DSIG.ROI_REG_WEIGHT: student and teacher box deltas differ in shape "
+            f"({tuple(student.shape)} vs {tuple(teacher.shape)}); both need the same class count "
+            "and class-specific/agnostic regression"
+        )
+    rows = torch.nonzero(fg).flatten()
+    if student.shape[1] == 4:
+        cols = torch.arange(4, device=student.device).expand(len(rows), 4)
+    else:
+        cols = classes[rows, None] * 4 + torch.arange(4, device=student.device)
+    diff = student[rows[:, None], cols] - teacher.detach()[rows[:, None], cols].float()
+    return diff.abs().sum() / max(len(student), 1)
