@@ -1,4 +1,4 @@
-"""Dsig for two-stage students: structured instance graphs over the student's sampled RoIs.
+"""Dsig: structured instance graphs over the student's RoIs (R-CNN) or detections (one-stage).
 
 Nodes are the RoI-pooled FPN features (before the box head) of the RoIs the student's RoI heads
 sampled in this iteration, pooled with the same boxes from the student's and the teacher's
@@ -9,6 +9,11 @@ pyramid, so node i covers the same region on both sides. Per image:
   teacher's cross-entropy against background is at least ``MINING_THRESHOLD``;
 * edges: cosine similarities among foreground + mined background nodes.
 
+One-stage students (RetinaNet, FCOS) have no sampled RoIs: their nodes are the student's own
+detections at the current iteration (score threshold 0, top 1000 per level, NMS 0.5, at most 100
+per image), pooled 7x7 with ROIAlignV2 from both pyramids; every node is a foreground node, and
+there is no background term or mining.
+
 Losses (sums over images of per-image means, see :mod:`distill.modules.relation_graph`):
 ``loss_dsig_fg_node`` (weight ``FG_NODE_WEIGHT``), ``loss_dsig_bg_node`` over *all* sampled
 background RoIs with the per-image weight ``BG_WEIGHT_ALPHA * N_fg / N_bg`` (``BG_NODE_WEIGHT``),
@@ -18,11 +23,17 @@ classification KD, RoI box-regression KD and full FPN imitation.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from detectron2.config import CfgNode as CN
 from detectron2.config import configurable
-from detectron2.modeling import GeneralizedRCNN
+from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
+from detectron2.modeling.meta_arch.dense_detector import DenseDetector
+from detectron2.modeling.poolers import ROIPooler
+from detectron2.structures import Boxes
 from torch import nn
 
 from distill.context import DistillContext
@@ -39,7 +50,14 @@ from distill.modules import (
 )
 from distill.registry import DISTILLER_REGISTRY
 
-POOLER, PREDICTOR = "roi_heads.box_pooler", "roi_heads.box_predictor"
+POOLER, PREDICTOR, HEAD = "roi_heads.box_pooler", "roi_heads.box_predictor", "head"
+# How a one-stage student's detections become graph nodes (official RetinaNet settings).
+NODE_DETECTION_SETTINGS = {
+    "test_score_thresh": 0.0,
+    "test_topk_candidates": 1000,
+    "test_nms_thresh": 0.5,
+    "max_detections_per_image": 100,
+}
 
 
 @DISTILLER_REGISTRY.register()
@@ -57,12 +75,15 @@ class Dsig(Distiller):
             RoI x class entries as in the official code).
         roi_reg_weight: RoI box-regression KD (L1 at the ground-truth class columns of
             foreground RoIs, summed and divided by the number of RoIs).
-        feature_weight: full FPN imitation, 0.5-free: weight x sum over levels of the MSE.
+        feature_weight: full FPN imitation: weight x sum over levels of the MSE.
         adapter: student-width -> teacher-width module applied to student maps and nodes, or
             None when the widths are equal.
+        dense_student: the student is a RetinaNet/FCOS: detections are the nodes.
+        node_poolers: one-stage only, the (student, teacher) RoI poolers of the nodes.
     """
 
     config_node = "DSIG"
+    # the R-CNN set; a one-stage student's instance swaps sampled_proposals for images
     needs = frozenset(
         {"student_features", "teacher_features", "teacher", "sampled_proposals", "gt_instances"}
     )
@@ -82,9 +103,18 @@ class Dsig(Distiller):
         roi_reg_weight: float = 0.0,
         feature_weight: float = 0.0,
         adapter: nn.Module | None = None,
+        dense_student: bool = False,
+        levels: list[str] | None = None,
+        node_poolers: tuple[ROIPooler, ROIPooler] | None = None,
         **kwargs,
     ):
-        super().__init__(student_modules=(POOLER, PREDICTOR), **kwargs)
+        base = {"student_features", "teacher_features", "teacher", "gt_instances"}
+        self.needs = frozenset(base | ({"images"} if dense_student else {"sampled_proposals"}))
+        modules = (HEAD,) if dense_student else (POOLER, PREDICTOR)
+        super().__init__(student_modules=modules, **kwargs)
+        self.dense_student = dense_student
+        self.levels = list(levels or [])
+        self.node_poolers = node_poolers
         self.fg_node_weight = fg_node_weight
         self.bg_node_weight = bg_node_weight
         self.edge_weight = edge_weight
@@ -122,12 +152,17 @@ class Dsig(Distiller):
         node = cfg[cls.config_node]
         if node.SIMILARITY not in ("instance", "channel"):
             raise ConfigValueError(f"DSIG.SIMILARITY: {node.SIMILARITY!r} is not instance/channel")
-        levels = list(cfg.MODEL.ROI_HEADS.IN_FEATURES)
+        dense = issubclass(META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE), DenseDetector)
+        arch = cfg.MODEL.META_ARCHITECTURE
+        head_node = {"DistillRetinaNet": "RETINANET", "DistillFCOS": "FCOS"}.get(arch, "ROI_HEADS")
+        if dense and head_node == "ROI_HEADS":
+            raise ConfigValueError(f"DSIG: unsupported one-stage meta-architecture {arch!r}")
+        levels = list(cfg.MODEL[head_node].IN_FEATURES)
         missing = [lvl for lvl in levels if lvl not in teacher_shapes]
         if missing:
             raise ConfigValueError(
                 f"DSIG: the teacher backbone has no {missing} (it has {sorted(teacher_shapes)}); "
-                "the student's MODEL.ROI_HEADS.IN_FEATURES must exist in both pyramids"
+                f"the student's MODEL.{head_node}.IN_FEATURES must exist in both pyramids"
             )
         s_width = {student_shapes[lvl].channels for lvl in levels}
         t_width = {teacher_shapes[lvl].channels for lvl in levels}
@@ -135,6 +170,17 @@ class Dsig(Distiller):
             raise ConfigValueError("DSIG: the pooled levels must share one width on each side")
         s_width, t_width = s_width.pop(), t_width.pop()
         adapter = build_adapter(node.ADAPTER, s_width, t_width) if s_width != t_width else None
+        poolers = None
+        if dense:
+            poolers = tuple(
+                ROIPooler(
+                    output_size=7,
+                    scales=[1.0 / shapes[lvl].stride for lvl in levels],
+                    sampling_ratio=0,
+                    pooler_type="ROIAlignV2",
+                )
+                for shapes in (student_shapes, teacher_shapes)
+            )
         return {
             **super().from_config(cfg, student_shapes, teacher_shapes),
             "fg_node_weight": node.FG_NODE_WEIGHT,
@@ -148,6 +194,9 @@ class Dsig(Distiller):
             "roi_reg_weight": node.ROI_REG_WEIGHT,
             "feature_weight": node.FEATURE_WEIGHT,
             "adapter": adapter,
+            "dense_student": dense,
+            "node_poolers": poolers,
+            "levels": levels,
         }
 
     def adapt(self, x: torch.Tensor) -> torch.Tensor:
@@ -172,6 +221,43 @@ class Dsig(Distiller):
         return pooled.float(), scores, deltas
 
     def forward(self, context: DistillContext) -> dict[str, torch.Tensor]:
+        if self.dense_student:
+            losses = self.detection_graph_losses(context)
+        else:
+            losses = self.roi_graph_losses(context)
+        if self.feature_weight:
+            s_feats, t_feats = context.student_features, context.teacher_features
+            levels = [lvl for lvl in s_feats if lvl in t_feats]
+            mse = [F.mse_loss(self.adapt(s_feats[lvl].float()), t_feats[lvl]) for lvl in levels]
+            losses["loss_dsig_feature"] = self.feature_weight * torch.stack(mse).sum()
+        return losses
+
+    def detection_graph_losses(self, context: DistillContext) -> dict[str, torch.Tensor]:
+        """One-stage student: node and edge losses over its current detections."""
+        student = context.student
+        boxes = detection_boxes(student, context)
+        counts = torch.tensor([len(b) for b in boxes], device=context.images.tensor.device)
+        groups = ObjectGroups(
+            torch.repeat_interleave(torch.arange(len(boxes), device=counts.device), counts),
+            len(boxes),
+        )
+        s_pool, t_pool = self.node_poolers
+        s_nodes = self.adapt(
+            s_pool([context.student_features[f].float() for f in self.levels], boxes)
+        )
+        with torch.no_grad():
+            t_nodes = t_pool([context.teacher_features[f] for f in self.levels], boxes)
+        losses = {}
+        if self.fg_node_weight:
+            losses["loss_dsig_fg_node"] = self.fg_node_weight * node_loss(s_nodes, t_nodes, groups)
+        if self.edge_weight:
+            losses["loss_dsig_edge"] = self.edge_weight * edge_loss(
+                s_nodes, t_nodes, groups, self.similarity
+            )
+        return losses
+
+    def roi_graph_losses(self, context: DistillContext) -> dict[str, torch.Tensor]:
+        """R-CNN student: node, edge and RoI KD losses over its sampled RoIs."""
         proposals = context.sampled_proposals
         boxes = [p.proposal_boxes for p in proposals]
         num_classes = context.student.roi_heads.num_classes
@@ -218,11 +304,6 @@ class Dsig(Distiller):
                 losses["loss_dsig_roi_reg"] = self.roi_reg_weight * roi_reg_kd(
                     s_deltas, t_deltas, classes, fg
                 )
-        if self.feature_weight:
-            s_feats, t_feats = context.student_features, context.teacher_features
-            levels = [lvl for lvl in s_feats if lvl in t_feats]
-            mse = [F.mse_loss(self.adapt(s_feats[lvl].float()), t_feats[lvl]) for lvl in levels]
-            losses["loss_dsig_feature"] = self.feature_weight * torch.stack(mse).sum()
         return losses
 
 
@@ -244,3 +325,27 @@ def roi_reg_kd(
         cols = classes[rows, None] * 4 + torch.arange(4, device=student.device)
     diff = student[rows[:, None], cols] - teacher.detach()[rows[:, None], cols].float()
     return diff.abs().sum() / max(len(student), 1)
+
+
+@contextlib.contextmanager
+def _settings(obj, values: dict) -> Iterator[None]:
+    saved = {k: getattr(obj, k) for k in values}
+    for k, v in values.items():
+        setattr(obj, k, v)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            setattr(obj, k, v)
+
+
+@torch.no_grad()
+def detection_boxes(student: DenseDetector, context: DistillContext) -> list[Boxes]:
+    """The student's detections on this batch, from the head outputs of its training forward,
+    post-processed with :data:`NODE_DETECTION_SETTINGS`: per image, at most 100 boxes."""
+    predictions = context.student_records[HEAD]
+    predictions = [[t.detach().float().clone() for t in per_level] for per_level in predictions]
+    maps = [context.student_features[f] for f in student.head_in_features]
+    with _settings(student, NODE_DETECTION_SETTINGS):
+        results = student.forward_inference(context.images, maps, predictions)
+    return [r.pred_boxes for r in results]
