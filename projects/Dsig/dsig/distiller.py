@@ -72,9 +72,11 @@ class Dsig(Distiller):
             in the graph.
         similarity: edge similarity, ``"instance"`` or ``"channel"``.
         roi_cls_weight, temperature: RoI classification KD (KL with temperature, mean over all
-            RoI x class entries as in the official code).
+            RoI x class entries as in the official code); on a one-stage student, the same over
+            the softmax of the class logits at non-ignored anchors.
         roi_reg_weight: RoI box-regression KD (L1 at the ground-truth class columns of
-            foreground RoIs, summed and divided by the number of RoIs).
+            foreground RoIs, summed and divided by the number of RoIs); on a one-stage student,
+            smooth-L1 of the box deltas at foreground anchors over their number.
         feature_weight: full FPN imitation: weight x sum over levels of the MSE.
         adapter: student-width -> teacher-width module applied to student maps and nodes, or
             None when the widths are equal.
@@ -109,7 +111,10 @@ class Dsig(Distiller):
         **kwargs,
     ):
         base = {"student_features", "teacher_features", "teacher", "gt_instances"}
-        self.needs = frozenset(base | ({"images"} if dense_student else {"sampled_proposals"}))
+        dense_items = {"images"} | (
+            {"dense_targets"} if roi_cls_weight or roi_reg_weight else set()
+        )
+        self.needs = frozenset(base | (dense_items if dense_student else {"sampled_proposals"}))
         modules = (HEAD,) if dense_student else (POOLER, PREDICTOR)
         super().__init__(student_modules=modules, **kwargs)
         self.dense_student = dense_student
@@ -254,6 +259,51 @@ class Dsig(Distiller):
             losses["loss_dsig_edge"] = self.edge_weight * edge_loss(
                 s_nodes, t_nodes, groups, self.similarity
             )
+        if self.roi_cls_weight or self.roi_reg_weight:
+            losses.update(self.dense_prediction_kd(context))
+        return losses
+
+    def dense_prediction_kd(self, context: DistillContext) -> dict[str, torch.Tensor]:
+        """One-stage logits KD: KL between softmaxes over classes at the anchors the student's
+        targets do not ignore (mean over anchor x class entries), and box-delta smooth-L1 at
+        foreground anchors divided by their number."""
+        student, teacher = context.student, context.teacher
+        if not isinstance(teacher.model, DenseDetector):
+            raise ConfigValueError(
+                "DSIG logits KD on a one-stage student needs a one-stage teacher"
+            )
+        with teacher.inference():
+            t_maps = [context.teacher_features[f] for f in teacher.model.head_in_features]
+            t_pred = teacher.model.head(t_maps)
+        s_pred = context.student_records[HEAD]
+        num_classes = student.num_classes
+        dims = [num_classes, 4] + [1] * (len(s_pred) - 2)
+        s_logits, s_deltas = (torch.cat(x, dim=1) for x in
+                              student._transpose_dense_predictions(s_pred, dims)[:2])  # fmt: skip
+        t_logits, t_deltas = (torch.cat(x, dim=1).float() for x in
+                              student._transpose_dense_predictions(t_pred, dims)[:2])  # fmt: skip
+        if s_logits.shape != t_logits.shape or s_deltas.shape != t_deltas.shape:
+            raise ConfigValueError(
+                "DSIG logits KD: the teacher's dense predictions do not align with the "
+                f"student's ({tuple(t_logits.shape)} vs {tuple(s_logits.shape)}); both need the "
+                "same anchors, levels and classes"
+            )
+        labels = torch.stack(context.dense_targets[0])  # (N, R): -1 ignored, K background
+        valid = labels >= 0
+        fg = valid & (labels < num_classes)
+        losses = {}
+        if self.roi_cls_weight:
+            kl = kl_div_with_temperature(
+                s_logits[valid].float(), t_logits[valid], self.temperature, reduction="none"
+            )
+            entries = max(int(valid.sum()) * num_classes, 1)
+            losses["loss_dsig_roi_cls"] = self.roi_cls_weight * kl.sum() / entries
+        if self.roi_reg_weight:
+            beta = getattr(student, "smooth_l1_beta", 0.0)
+            reg = F.smooth_l1_loss(
+                s_deltas[fg].float(), t_deltas[fg], beta=beta, reduction="sum"
+            ) if beta > 0 else (s_deltas[fg].float() - t_deltas[fg]).abs().sum()  # fmt: skip
+            losses["loss_dsig_roi_reg"] = self.roi_reg_weight * reg / max(int(fg.sum()), 1)
         return losses
 
     def roi_graph_losses(self, context: DistillContext) -> dict[str, torch.Tensor]:

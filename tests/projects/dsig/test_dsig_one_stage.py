@@ -55,9 +55,32 @@ def test_teacher_equal_to_the_student_gives_zero(tmp_path):
     (tmp_path / "t.yaml").write_text(cfg.dump())
     DetectionCheckpointer(plain, save_dir=str(tmp_path)).save("t")
     model = build_model(tiny_cfg("retinanet", *frozen, "DSIG.FEATURE_WEIGHT", 0.5,
+                                 "DSIG.ROI_CLS_WEIGHT", 1.0, "DSIG.ROI_REG_WEIGHT", 1.0,
                                  distillers=["Dsig"],
                                  teacher=(tmp_path / "t.yaml", tmp_path / "t.pth")))  # fmt: skip
     model.load_state_dict(plain.state_dict(), strict=False)
     losses = train_step(model, make_batch())
-    for key in ("loss_dsig_fg_node", "loss_dsig_edge", "loss_dsig_feature"):
-        assert losses[key].abs() < 1e-6, key
+    for key in ("fg_node", "edge", "feature", "roi_cls", "roi_reg"):
+        assert losses[f"loss_dsig_{key}"].abs() < 1e-6, key
+
+
+def test_logits_kd_reaches_the_head(teacher_files):
+    torch.manual_seed(0)
+    model = build_model(
+        tiny_cfg(
+            "retinanet",
+            "DSIG.ROI_CLS_WEIGHT",
+            1.0,
+            "DSIG.ROI_REG_WEIGHT",
+            1.0,
+            distillers=["Dsig"],
+            teacher=teacher_files("retinanet"),
+        )
+    )
+    model.zero_grad(set_to_none=True)
+    with EventStorage(0):
+        losses = model(make_batch())
+        (losses["loss_dsig_roi_cls"] + losses["loss_dsig_roi_reg"]).backward()
+    grads = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.any()}
+    assert any(n.startswith("head.cls_score") for n in grads)
+    assert any(n.startswith("head.bbox_pred") for n in grads)
