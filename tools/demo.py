@@ -20,7 +20,7 @@ from detectron2.utils.logger import setup_logger
 from tabulate import tabulate
 
 import distill
-from distill.data import ensure_embedded_dataset
+from distill.data import annotated_input, ensure_embedded_dataset
 from distill.engine import train_and_evaluate
 from distill.errors import run_cli
 
@@ -31,7 +31,7 @@ def save_lgd_heatmaps(cfg, level: str = "p3") -> str:
     """Heat maps of the trained LGD model on the first annotated validation image."""
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.modeling import build_model
-    from lgd.visualize import annotated_input, lgd_heatmaps, save_heatmaps
+    from lgd.visualize import lgd_heatmaps, save_heatmaps
 
     model = build_model(cfg)
     DetectionCheckpointer(model).load(os.path.join(cfg.OUTPUT_DIR, "model_final.pth"))

@@ -8,6 +8,7 @@ the first time it is loaded through detectron2's ``DatasetCatalog`` or
 
 from distill.data.register import (
     EMBEDDED_DATASET_NAMES,
+    annotated_input,
     check_builtin_dataset_root,
     register_embedded_datasets,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "DATASET_VERSION",
     "EMBEDDED_CLASSES",
     "EMBEDDED_DATASET_NAMES",
+    "annotated_input",
     "check_builtin_dataset_root",
     "default_cache_root",
     "embedded_dataset_paths",

@@ -124,3 +124,16 @@ def check_builtin_dataset_root(dataset_names: str | Iterable[str]) -> None:
                 "coco/annotations/ and coco/train2017/, or use the embedded datasets "
                 f"{' / '.join(EMBEDDED_DATASET_NAMES)}, which need no download."
             )
+
+
+def annotated_input(cfg, dataset: str, index: int = 0) -> dict:
+    """Image ``index`` of ``dataset`` with its ground truth, resized as at test time."""
+    from detectron2.data import DatasetCatalog, DatasetMapper
+    from detectron2.data import transforms as T
+
+    records = [r for r in DatasetCatalog.get(dataset) if r.get("annotations")]
+    if not 0 <= index < len(records):
+        raise IndexError(f"{dataset} has {len(records)} annotated images; got index {index}")
+    resize = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
+    mapper = DatasetMapper(is_train=True, augmentations=[resize], image_format=cfg.INPUT.FORMAT)
+    return mapper(records[index])

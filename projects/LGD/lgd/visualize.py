@@ -17,19 +17,6 @@ import torch  # noqa: E402
 from lgd.distiller import instance_norm  # noqa: E402
 
 
-def annotated_input(cfg, dataset: str, index: int = 0) -> dict:
-    """Image ``index`` of ``dataset`` with its ground truth, resized as at test time."""
-    from detectron2.data import DatasetCatalog, DatasetMapper
-    from detectron2.data import transforms as T
-
-    records = [r for r in DatasetCatalog.get(dataset) if r.get("annotations")]
-    if not 0 <= index < len(records):
-        raise IndexError(f"{dataset} has {len(records)} annotated images; got index {index}")
-    resize = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
-    mapper = DatasetMapper(is_train=True, augmentations=[resize], image_format=cfg.INPUT.FORMAT)
-    return mapper(records[index])
-
-
 @torch.no_grad()
 def lgd_heatmaps(model, batched_input: dict, level: str = "p3") -> dict[str, np.ndarray]:
     """The three (H_l, W_l) heat maps of one image, plus the input image and its boxes.

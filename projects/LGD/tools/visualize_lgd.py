@@ -14,10 +14,11 @@ from __future__ import annotations
 import argparse
 
 from detectron2.checkpoint import DetectionCheckpointer
-from lgd.visualize import annotated_input, lgd_heatmaps, save_heatmaps
+from lgd.visualize import lgd_heatmaps, save_heatmaps
 
 import distill
 from distill.checkpoint import check_local_weights
+from distill.data import annotated_input
 from distill.engine import DistillTrainer
 from distill.errors import ConfigValueError, run_cli
 
