@@ -92,3 +92,10 @@ def test_switched_off_terms_are_absent(teacher):
     losses = train_step(model, make_batch())
     assert {k for k in losses if k.startswith("loss_dsig_")} == {"loss_dsig_fg_node",
                                                                  "loss_dsig_edge"}  # fmt: skip
+
+
+def test_nothing_mined_and_nothing_in_foreground_stay_finite(teacher):
+    model = dsig_model(teacher, "DSIG.MINING_THRESHOLD", 1e6)  # no background passes
+    losses = train_step(model, make_batch(boxes_per_image=(0, 0)))  # and no foreground
+    assert losses["loss_dsig_edge"] == 0 and losses["loss_dsig_fg_node"] == 0
+    assert all(torch.isfinite(v) for v in losses.values())
