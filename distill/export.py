@@ -169,3 +169,24 @@ def extract_student(
     }
     logger.info(f"student of {checkpoint_path} written to {output_path} and {config_path}")
     return stats
+
+
+def load_distill_run(config_file: str, weights: str, opts: list[str], distiller: str):
+    """(cfg, model) of a training run with ``distiller``: the Distill model of ``config_file``
+    (+ ``opts``) with the run's checkpoint loaded, distiller weights and teacher included."""
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.modeling import build_model
+
+    from distill.checkpoint import check_local_weights
+    from distill.config import get_distill_cfg
+
+    cfg = get_distill_cfg()
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(opts)
+    cfg.freeze()
+    if distiller not in cfg.DISTILL.DISTILLERS:
+        raise ConfigValueError(f"{config_file}: DISTILL.DISTILLERS has no {distiller!r}")
+    check_local_weights(weights, "--weights")
+    model = build_model(cfg)
+    DetectionCheckpointer(model).load(weights)
+    return cfg, model

@@ -52,6 +52,7 @@ import distill
 from distill.benchmark import run_benchmark
 from distill.errors import run_cli
 from distill.export import plain_config
+from distill.modeling import HEAD_CONFIG_NODES
 
 PHASES = {
     "train_student": "train step, student alone (DISTILL.DISTILLERS=[])",
@@ -119,8 +120,7 @@ def load_batch(
             info["fallback_reason"] = f"{type(e).__name__}: {e}"
     if batch is None:
         arch = plain_config(cfg).MODEL.META_ARCHITECTURE
-        head = {"RetinaNet": cfg.MODEL.RETINANET, "FCOS": cfg.MODEL.FCOS}.get(arch)
-        num_classes = (head or cfg.MODEL.ROI_HEADS).NUM_CLASSES
+        num_classes = cfg.MODEL[HEAD_CONFIG_NODES.get(arch, "ROI_HEADS")].NUM_CLASSES
         batch = synthetic_batch(batch_size, size, num_classes, seed)
     info["image_shapes"] = [list(x["image"].shape) for x in batch]
     return batch, info

@@ -2,6 +2,7 @@
 
 from distill.modeling.fcos import FCOS, build_fcos_resnet_fpn_backbone
 from distill.modeling.meta_arch import (
+    HEAD_CONFIG_NODES,
     PLAIN_META_ARCHITECTURES,
     DistillFCOS,
     DistillGeneralizedRCNN,
@@ -10,6 +11,7 @@ from distill.modeling.meta_arch import (
 
 __all__ = [
     "FCOS",
+    "HEAD_CONFIG_NODES",
     "PLAIN_META_ARCHITECTURES",
     "DistillFCOS",
     "DistillGeneralizedRCNN",

@@ -32,3 +32,14 @@ PLAIN_META_ARCHITECTURES = {
     "DistillRetinaNet": "RetinaNet",
     "DistillFCOS": "FCOS",
 }
+
+# The config node holding each supported detector's head settings (NUM_CLASSES, IN_FEATURES),
+# for the Distill students and the plain detectors they load into.
+HEAD_CONFIG_NODES = {
+    "DistillGeneralizedRCNN": "ROI_HEADS",
+    "DistillRetinaNet": "RETINANET",
+    "DistillFCOS": "FCOS",
+    "GeneralizedRCNN": "ROI_HEADS",
+    "RetinaNet": "RETINANET",
+    "FCOS": "FCOS",
+}

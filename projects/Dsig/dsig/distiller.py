@@ -23,9 +23,6 @@ classification KD, RoI box-regression KD and full FPN imitation.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import torch
 import torch.nn.functional as F
 from detectron2.config import CfgNode as CN
@@ -33,12 +30,12 @@ from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
 from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 from detectron2.modeling.poolers import ROIPooler
-from detectron2.structures import Boxes
 from torch import nn
 
 from distill.context import DistillContext
 from distill.distiller import Distiller
 from distill.errors import ConfigValueError
+from distill.modeling import HEAD_CONFIG_NODES
 from distill.modules import (
     ObjectGroups,
     adaptive_background_weight,
@@ -49,15 +46,9 @@ from distill.modules import (
     node_loss,
 )
 from distill.registry import DISTILLER_REGISTRY
+from dsig.nodes import HEAD, detection_boxes, roi_reg_kd
 
-POOLER, PREDICTOR, HEAD = "roi_heads.box_pooler", "roi_heads.box_predictor", "head"
-# How a one-stage student's detections become graph nodes (official RetinaNet settings).
-NODE_DETECTION_SETTINGS = {
-    "test_score_thresh": 0.0,
-    "test_topk_candidates": 1000,
-    "test_nms_thresh": 0.5,
-    "max_detections_per_image": 100,
-}
+POOLER, PREDICTOR = "roi_heads.box_pooler", "roi_heads.box_predictor"
 
 
 @DISTILLER_REGISTRY.register()
@@ -159,9 +150,12 @@ class Dsig(Distiller):
             raise ConfigValueError(f"DSIG.SIMILARITY: {node.SIMILARITY!r} is not instance/channel")
         dense = issubclass(META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE), DenseDetector)
         arch = cfg.MODEL.META_ARCHITECTURE
-        head_node = {"DistillRetinaNet": "RETINANET", "DistillFCOS": "FCOS"}.get(arch, "ROI_HEADS")
-        if dense and head_node == "ROI_HEADS":
-            raise ConfigValueError(f"DSIG: unsupported one-stage meta-architecture {arch!r}")
+        head_node = HEAD_CONFIG_NODES.get(arch)
+        if head_node is None or not arch.startswith("Distill"):
+            raise ConfigValueError(
+                f"DSIG: MODEL.META_ARCHITECTURE {arch!r} is not supported; use one of "
+                f"{sorted(a for a in HEAD_CONFIG_NODES if a.startswith('Distill'))}"
+            )
         levels = list(cfg.MODEL[head_node].IN_FEATURES)
         missing = [lvl for lvl in levels if lvl not in teacher_shapes]
         if missing:
@@ -355,47 +349,3 @@ class Dsig(Distiller):
                     s_deltas, t_deltas, classes, fg
                 )
         return losses
-
-
-def roi_reg_kd(
-    student: torch.Tensor, teacher: torch.Tensor, classes: torch.Tensor, fg: torch.Tensor
-) -> torch.Tensor:
-    """L1 between student and teacher box deltas at each foreground RoI's ground-truth class
-    columns (or the 4 class-agnostic columns), summed and divided by the number of RoIs."""
-    if student.shape != teacher.shape:
-        raise ConfigValueError(
-            f"DSIG.ROI_REG_WEIGHT: student and teacher box deltas differ in shape "
-            f"({tuple(student.shape)} vs {tuple(teacher.shape)}); both need the same class count "
-            "and class-specific/agnostic regression"
-        )
-    rows = torch.nonzero(fg).flatten()
-    if student.shape[1] == 4:
-        cols = torch.arange(4, device=student.device).expand(len(rows), 4)
-    else:
-        cols = classes[rows, None] * 4 + torch.arange(4, device=student.device)
-    diff = student[rows[:, None], cols] - teacher.detach()[rows[:, None], cols].float()
-    return diff.abs().sum() / max(len(student), 1)
-
-
-@contextlib.contextmanager
-def _settings(obj, values: dict) -> Iterator[None]:
-    saved = {k: getattr(obj, k) for k in values}
-    for k, v in values.items():
-        setattr(obj, k, v)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            setattr(obj, k, v)
-
-
-@torch.no_grad()
-def detection_boxes(student: DenseDetector, context: DistillContext) -> list[Boxes]:
-    """The student's detections on this batch, from the head outputs of its training forward,
-    post-processed with :data:`NODE_DETECTION_SETTINGS`: per image, at most 100 boxes."""
-    predictions = context.student_records[HEAD]
-    predictions = [[t.detach().float().clone() for t in per_level] for per_level in predictions]
-    maps = [context.student_features[f] for f in student.head_in_features]
-    with _settings(student, NODE_DETECTION_SETTINGS):
-        results = student.forward_inference(context.images, maps, predictions)
-    return [r.pred_boxes for r in results]

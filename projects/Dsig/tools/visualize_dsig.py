@@ -13,15 +13,12 @@ from __future__ import annotations
 
 import argparse
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import MetadataCatalog
-from detectron2.modeling import build_model
 from dsig.visualize import edge_matrices, save_edge_matrices
 
-import distill
-from distill.checkpoint import check_local_weights
 from distill.data import annotated_input
-from distill.errors import ConfigValueError, run_cli
+from distill.errors import run_cli
+from distill.export import load_distill_run
 
 
 def main() -> None:
@@ -33,15 +30,7 @@ def main() -> None:
     parser.add_argument("--output", default="dsig_edges.png")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args()
-    cfg = distill.get_distill_cfg()
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cfg.freeze()
-    if "Dsig" not in cfg.DISTILL.DISTILLERS:
-        raise ConfigValueError(f"{args.config_file}: DISTILL.DISTILLERS has no 'Dsig'")
-    check_local_weights(args.weights, "--weights")
-    model = build_model(cfg)
-    DetectionCheckpointer(model).load(args.weights)
+    cfg, model = load_distill_run(args.config_file, args.weights, args.opts, "Dsig")
     dataset = args.dataset or cfg.DATASETS.TEST[0]
     matrices = edge_matrices(model, annotated_input(cfg, dataset, args.index))
     names = MetadataCatalog.get(dataset).get("thing_classes")

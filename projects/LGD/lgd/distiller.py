@@ -27,18 +27,14 @@ from torch import nn
 from distill.context import DistillContext
 from distill.distiller import Distiller
 from distill.errors import ConfigValueError
+from distill.modeling import HEAD_CONFIG_NODES
 from distill.modeling.head_losses import head_losses_on
 from distill.modules import build_adapter
 from distill.registry import DISTILLER_REGISTRY
 from lgd.implicit_teacher import INTERACTIONS, ImplicitTeacher
 
-# Where each supported student meta-architecture keeps its number of classes.
-NUM_CLASSES_KEYS = {
-    "DistillRetinaNet": "RETINANET",
-    "DistillFCOS": "FCOS",
-    "DistillGeneralizedRCNN": "ROI_HEADS",
-}
 BOTTOM_UP = "backbone.bottom_up."
+STUDENTS = ("DistillGeneralizedRCNN", "DistillRetinaNet", "DistillFCOS")
 
 
 def instance_norm(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -122,10 +118,10 @@ class LGD(Distiller):
     def from_config(cls, cfg, student_shapes, teacher_shapes):
         node = cfg[cls.config_node]
         arch = cfg.MODEL.META_ARCHITECTURE
-        if arch not in NUM_CLASSES_KEYS:
+        if arch not in STUDENTS:
             raise ConfigValueError(
                 f"LGD: MODEL.META_ARCHITECTURE {arch!r} is not supported; use one of "
-                f"{sorted(NUM_CLASSES_KEYS)}"
+                f"{sorted(STUDENTS)}"
             )
         widths = {shape.channels for shape in student_shapes.values()}
         if len(widths) != 1:
@@ -136,7 +132,7 @@ class LGD(Distiller):
         if node.INTERACTION not in INTERACTIONS:
             raise ConfigValueError(f"LGD.INTERACTION: {node.INTERACTION!r} not in {INTERACTIONS}")
         channels = widths.pop()
-        num_classes = cfg.MODEL[NUM_CLASSES_KEYS[arch]].NUM_CLASSES
+        num_classes = cfg.MODEL[HEAD_CONFIG_NODES[arch]].NUM_CLASSES
         max_iter = cfg.SOLVER.MAX_ITER
         teacher = ImplicitTeacher(
             channels,

@@ -13,14 +13,11 @@ from __future__ import annotations
 
 import argparse
 
-from detectron2.checkpoint import DetectionCheckpointer
 from lgd.visualize import lgd_heatmaps, save_heatmaps
 
-import distill
-from distill.checkpoint import check_local_weights
 from distill.data import annotated_input
-from distill.engine import DistillTrainer
-from distill.errors import ConfigValueError, run_cli
+from distill.errors import run_cli
+from distill.export import load_distill_run
 
 
 def main() -> None:
@@ -33,15 +30,7 @@ def main() -> None:
     parser.add_argument("--output", default="lgd_heatmaps.png")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args()
-    cfg = distill.get_distill_cfg()
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cfg.freeze()
-    if "LGD" not in cfg.DISTILL.DISTILLERS:
-        raise ConfigValueError(f"{args.config_file}: DISTILL.DISTILLERS has no 'LGD'")
-    check_local_weights(args.weights, "--weights")
-    model = DistillTrainer.build_model(cfg)
-    DetectionCheckpointer(model).load(args.weights)
+    cfg, model = load_distill_run(args.config_file, args.weights, args.opts, "LGD")
     dataset = args.dataset or cfg.DATASETS.TEST[0]
     maps = lgd_heatmaps(model, annotated_input(cfg, dataset, args.index), args.level)
     save_heatmaps(maps, args.output, args.level)

@@ -10,7 +10,7 @@ from conftest import make_batch, tiny_cfg, train_step
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
-from dsig.distiller import detection_boxes
+from dsig.nodes import detection_boxes
 
 import distill.context
 from distill.export import plain_config
