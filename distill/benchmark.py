@@ -3,11 +3,14 @@
 :func:`run_benchmark` measures the phases ``train_student``, ``train_distill``,
 ``teacher_forward``, ``infer_plain``, ``infer_extracted`` and ``infer_distill`` in one process on
 one fixed batch, inside one ``EventStorage``; each phase builds its model(s) and frees them after.
+The student's random initial weights (the same in every phase) have their frozen-BN statistics
+calibrated on the batch (:func:`calibrate_frozen_batchnorm`), so deep random students stay finite.
 First every phase's memory pass: build, then ``MEMORY_CALLS`` untimed calls (the first creates
 lazy state such as momentum buffers, the second runs with it). ``model_mib`` is what building
 leaves in use (weights, buffers, a teacher), ``step_peak_mib`` the peak growth above that
 (activations, gradients, optimizer state), ``total_mib`` their sum. Then every phase's timed
-pass: build, ``warmup`` untimed and ``iters`` timed calls.
+pass: build, ``warmup`` untimed and ``iters`` timed calls; with ``rounds`` > 1 the timed passes of
+all phases are repeated, in turn, and each phase's times pooled.
 
 * CUDA: ``torch.cuda.memory_allocated`` / ``max_memory_allocated``: tensor memory of the caching
   allocator, not what it reserves.
@@ -139,9 +142,9 @@ def measure_time(
     iters: int,
     warmup: int,
     meter: MemoryMeter,
-) -> tuple[dict[str, Any], Any]:
-    """(``median_s``, ``mean_s``, ``min_s``, ``times_s`` of ``iters`` calls of ``step(obj)``
-    after ``warmup`` untimed ones; ``obj = build()``)."""
+) -> tuple[list[float], Any]:
+    """Seconds of each of ``iters`` calls of ``step(obj)`` after ``warmup`` untimed ones, and
+    ``obj = build()``."""
     obj = build()
     times = []
     for i in range(warmup + iters):
@@ -151,8 +154,17 @@ def measure_time(
         meter.sync()
         if i >= warmup:
             times.append(time.perf_counter() - start)
-    stats = {"median_s": statistics.median(times), "mean_s": statistics.fmean(times)}
-    return {**stats, "min_s": min(times), "times_s": times}, obj
+    return times, obj
+
+
+def time_stats(times: list[float]) -> dict[str, Any]:
+    """``median_s``, ``mean_s``, ``min_s`` and ``times_s`` of a list of call times."""
+    return {
+        "median_s": statistics.median(times),
+        "mean_s": statistics.fmean(times),
+        "min_s": min(times),
+        "times_s": times,
+    }
 
 
 def _to_device(batch: list[dict], device: torch.device) -> list[dict]:
@@ -169,6 +181,58 @@ def _same_outputs(a: list[dict], b: list[dict]) -> bool:
     fields = (lambda i: i.pred_boxes.tensor, lambda i: i.scores, lambda i: i.pred_classes)
     pairs = [(x["instances"], y["instances"]) for x, y in zip(a, b, strict=True)]
     return all(torch.equal(f(x), f(y)) for x, y in pairs for f in fields)
+
+
+def calibrate_frozen_batchnorm(model: torch.nn.Module, batch: list[dict]) -> int:
+    """Give every ``FrozenBatchNorm2d`` of a randomly initialised ``model`` the statistics of
+    its own input: per-channel mean and (biased) variance on ``batch``, in one eval forward.
+
+    With identity statistics a random ResNet-50 multiplies its activations at every residual
+    block (FPN maps of std ~2000 at 320 px), its losses are in the hundreds and SGD diverges to
+    NaN within a few steps. Calibrated, the network runs at the unit scale trained statistics
+    give, so its timings are those of a sane detector. Only buffers change; the compute is the
+    same. Layers that the forward does not reach keep their statistics.
+
+    Returns:
+        The number of layers calibrated.
+    """
+    from detectron2.layers import FrozenBatchNorm2d
+
+    def set_statistics(module: FrozenBatchNorm2d, args: tuple) -> None:
+        x = args[0].detach().float()
+        module.running_mean.copy_(x.mean(dim=(0, 2, 3)))
+        module.running_var.copy_(x.var(dim=(0, 2, 3), unbiased=False))
+        handles.pop(module).remove()  # the first call only
+
+    layers = [m for m in model.modules() if isinstance(m, FrozenBatchNorm2d)]
+    handles = {m: m.register_forward_pre_hook(set_statistics) for m in layers}
+    was_training = model.training
+    try:
+        with torch.no_grad(), EventStorage(0):
+            model.eval()(batch)
+    finally:
+        for handle in handles.values():
+            handle.remove()
+        model.train(was_training)
+    return len(layers) - len(handles)
+
+
+def save_random_teacher(cfg: CfgNode, batch: list[dict], directory: str, seed: int = 0) -> str:
+    """Write a random-init, :func:`calibrate_frozen_batchnorm`-ed checkpoint of the teacher of
+    ``cfg`` (its ``DISTILL.TEACHER`` config and overrides) to ``directory``; return its path.
+
+    For measuring cost at paper scale where the trained teacher weights are not at hand: the
+    teacher's compute does not depend on its weights, only its detections' count would.
+    """
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    from distill.teacher import teacher_config
+
+    seed_all_rng(seed)
+    model = build_model(teacher_config(cfg))
+    calibrate_frozen_batchnorm(model, _to_device(batch, model.device))
+    DetectionCheckpointer(model, save_dir=directory).save("random_teacher")
+    return os.path.join(directory, "random_teacher.pth")
 
 
 # ratio name -> (numerator phase, denominator phase, stat)
@@ -188,7 +252,13 @@ def _ratio(num: dict | None, den: dict | None, key: str) -> float | None:
 
 
 def run_benchmark(
-    cfg: CfgNode, batch: list, iters: int = 10, warmup: int = 2, lr: float = 1e-4, seed: int = 0
+    cfg: CfgNode,
+    batch: list,
+    iters: int = 10,
+    warmup: int = 2,
+    lr: float = 1e-4,
+    seed: int = 0,
+    rounds: int = 1,
 ) -> dict[str, Any]:
     """Measure the phases on one fixed batch, as the module docstring says.
 
@@ -196,7 +266,10 @@ def run_benchmark(
         cfg: training config of a Distill* model (with or without distillers).
         batch: B DatasetMapper-style dicts (``image`` (3, H, W), ``instances``, ``height``,
             ``width``), moved to ``cfg.MODEL.DEVICE`` once and reused by every call.
-        iters / warmup: timed / untimed calls per phase.
+        iters / warmup: timed / untimed calls per phase and round.
+        rounds: the timed passes of all phases are repeated this many times, one phase after
+            the other, and each phase's times pooled: on a machine whose speed drifts (shared
+            CPUs), every phase then samples the slow and the fast periods alike.
         lr: SGD learning rate of the train steps (the optimizer of ``DistillTrainer``).
         seed: seeds Python, numpy and torch before every model is built.
 
@@ -208,8 +281,10 @@ def run_benchmark(
     from distill.engine import DistillTrainer
     from distill.teacher import build_teacher
 
-    if iters < 1 or warmup < 0:
-        raise ValueError(f"need iters >= 1 and warmup >= 0, got {iters} and {warmup}")
+    if iters < 1 or warmup < 0 or rounds < 1:
+        raise ValueError(
+            f"need iters >= 1, warmup >= 0 and rounds >= 1, got {iters}, {warmup} and {rounds}"
+        )
     device = torch.device(cfg.MODEL.DEVICE)
     meter = MemoryMeter(device)
     batch = _to_device(batch, device)
@@ -245,6 +320,7 @@ def run_benchmark(
 
     with EventStorage(0) as storage:
         reference = built(cfg)
+        calibrated = calibrate_frozen_batchnorm(reference, batch)
         distillers = dict(getattr(reference, "distillers", {}))
         has_teacher = getattr(reference, "teacher", None) is not None
         # the first iteration at which every distiller runs (a start_iter may delay them)
@@ -274,16 +350,20 @@ def run_benchmark(
         # every memory pass before any timed call: see the module docstring
         memory = {name: measure_memory(*spec, meter) for name, spec in specs.items()}
         meter.precise(False)
-        phases, outputs = {}, {}
-        for name, (build, step) in specs.items():
-            stats, obj = measure_time(build, step, iters, warmup, meter)
-            phases[name] = {**stats, **memory[name]}
-            if name in trained:
-                trained[name] = _cpu_clone(obj[0].state_dict())
-            elif name in ("infer_extracted", "infer_distill"):
-                outputs[name] = infer(obj)
-            del obj
+        times: dict[str, list[float]] = {name: [] for name in specs}
+        outputs = {}
+        for _ in range(rounds):
+            for name, (build, step) in specs.items():
+                phase_times, obj = measure_time(build, step, iters, warmup, meter)
+                times[name] += phase_times
+                if name in trained:
+                    trained[name] = _cpu_clone(obj[0].state_dict())
+                elif name in ("infer_extracted", "infer_distill"):
+                    outputs[name] = infer(obj)
+                del obj
+        phases = {name: {**time_stats(times[name]), **memory[name]} for name in specs}
     checks = {"inactive_distillers": inactive, "extracted_keys": len(student())}
+    checks["calibrated_frozen_bn_layers"] = calibrated
     checks["dropped_distiller_keys"] = len(trained[key]) - len(student())
     checks["extracted_outputs_equal_distill"] = _same_outputs(*outputs.values())
     name = torch.cuda.get_device_name(device) if meter.cuda else platform.processor()
@@ -291,6 +371,7 @@ def run_benchmark(
     result.update(num_threads=torch.get_num_threads(), cpu_count=os.cpu_count(), seed=seed)
     result.update(arch=cfg.MODEL.META_ARCHITECTURE, distillers=list(cfg.DISTILL.DISTILLERS))
     result.update(teacher=has_teacher, iteration=storage.iter, iters=iters, warmup=warmup)
+    result.update(rounds=rounds)
     result.update(batch_size=len(batch), lr=lr, memory_method=meter.method, phases=phases)
     ratios = {k: _ratio(phases.get(n), phases.get(d), stat) for k, (n, d, stat) in RATIOS.items()}
     return {**result, "ratios": ratios, "checks": checks}

@@ -75,23 +75,20 @@ class Teacher:
         return {k: v.float() for k, v in features.items()}
 
 
-def build_teacher(cfg: CfgNode, student_format: str) -> Teacher:
-    """Build the teacher described by ``cfg.DISTILL.TEACHER`` and load its weights.
+def teacher_config(cfg: CfgNode) -> CfgNode:
+    """The frozen plain config of the teacher described by ``cfg.DISTILL.TEACHER``.
 
-    The teacher config is detectron2's defaults + every distill key, merged with ``CONFIG_FILE``
-    and then ``OPTS``; distillers of the teacher config are ignored (it is built plain).
-    Checkpoint keys of distillers (``distillers.*``) are dropped, so a distilled student's
-    checkpoint can teach.
+    detectron2's defaults + every distill key, merged with ``CONFIG_FILE`` and then ``OPTS``;
+    distillers of the teacher config are dropped (it is built plain), ``MODEL.DEVICE`` is the
+    student's and ``MODEL.WEIGHTS`` is ``DISTILL.TEACHER.WEIGHTS``.
 
     Raises:
-        ValueError / FileNotFoundError: a key is empty or names a missing file.
-        TeacherWeightsError: missing, unexpected or wrongly shaped keys, unless
-            ``DISTILL.TEACHER.ALLOW_MISMATCHED_WEIGHTS``.
+        ConfigValueError / MissingFileError: ``CONFIG_FILE`` is empty or names a missing file.
     """
     from distill.config import get_distill_cfg
 
     tcfg = cfg.DISTILL.TEACHER
-    config_file, weights = expand_path(tcfg.CONFIG_FILE), expand_path(tcfg.WEIGHTS)
+    config_file = expand_path(tcfg.CONFIG_FILE)
     if not config_file:
         raise ConfigValueError(
             f"DISTILL.DISTILLERS={list(cfg.DISTILL.DISTILLERS)} need a teacher, but "
@@ -99,20 +96,35 @@ def build_teacher(cfg: CfgNode, student_format: str) -> Teacher:
         )
     if not os.path.isfile(config_file):
         raise MissingFileError(f"DISTILL.TEACHER.CONFIG_FILE: no file at {config_file!r}")
+    teacher_cfg = get_distill_cfg()
+    teacher_cfg.merge_from_file(config_file)
+    teacher_cfg.merge_from_list(list(tcfg.OPTS))
+    teacher_cfg.DISTILL.DISTILLERS = []
+    teacher_cfg.MODEL.DEVICE = cfg.MODEL.DEVICE
+    teacher_cfg.MODEL.WEIGHTS = expand_path(tcfg.WEIGHTS)
+    teacher_cfg.freeze()
+    return teacher_cfg
+
+
+def build_teacher(cfg: CfgNode, student_format: str) -> Teacher:
+    """Build the teacher described by ``cfg.DISTILL.TEACHER`` and load its weights.
+
+    The config is :func:`teacher_config`. Checkpoint keys of distillers (``distillers.*``) are
+    dropped, so a distilled student's checkpoint can teach.
+
+    Raises:
+        ValueError / FileNotFoundError: a key is empty or names a missing file.
+        TeacherWeightsError: missing, unexpected or wrongly shaped keys, unless
+            ``DISTILL.TEACHER.ALLOW_MISMATCHED_WEIGHTS``.
+    """
+    teacher_cfg = teacher_config(cfg)
+    config_file, weights = expand_path(cfg.DISTILL.TEACHER.CONFIG_FILE), teacher_cfg.MODEL.WEIGHTS
     if not weights:
         raise ConfigValueError(
             "DISTILL.TEACHER.WEIGHTS is empty: a teacher needs trained weights "
             f"(the checkpoint of the model described by {config_file})."
         )
     check_local_weights(weights, "DISTILL.TEACHER.WEIGHTS")
-
-    teacher_cfg = get_distill_cfg()
-    teacher_cfg.merge_from_file(config_file)
-    teacher_cfg.merge_from_list(list(tcfg.OPTS))
-    teacher_cfg.DISTILL.DISTILLERS = []
-    teacher_cfg.MODEL.DEVICE = cfg.MODEL.DEVICE
-    teacher_cfg.MODEL.WEIGHTS = weights
-    teacher_cfg.freeze()
     check_compiled_ops(teacher_cfg, f"the teacher ({config_file})")
     fmt = teacher_cfg.INPUT.FORMAT
     if fmt != student_format and not {fmt, student_format} <= _SWAPPABLE_FORMATS:
@@ -120,8 +132,8 @@ def build_teacher(cfg: CfgNode, student_format: str) -> Teacher:
             f"teacher INPUT.FORMAT {fmt!r} cannot be derived from the student's {student_format!r}"
         )
     model = build_model(teacher_cfg)
-    load_teacher_weights(model, weights, tcfg.ALLOW_MISMATCHED_WEIGHTS)
-    return Teacher(model, fmt, autocast=tcfg.AUTOCAST)
+    load_teacher_weights(model, weights, cfg.DISTILL.TEACHER.ALLOW_MISMATCHED_WEIGHTS)
+    return Teacher(model, fmt, autocast=cfg.DISTILL.TEACHER.AUTOCAST)
 
 
 def load_teacher_weights(model: nn.Module, path: str, allow_mismatch: bool) -> None:

@@ -14,20 +14,13 @@ Phases (the module docstring of distill/benchmark.py says how time and memory ar
 
 The batch is the first B images of DATASETS.TRAIN[0] through detectron2's DatasetMapper
 (resized to shortest edge S, no random flip) or, if that does not load (or ``--data
-synthetic``), B random S x S images with random boxes. Smoke usage on a CPU, with a random-init
-ResNet-34 teacher written to /tmp first:
+synthetic``), B random S x S images with random boxes. Without the teacher's trained weights,
+``--random-teacher`` measures with a random-init (calibrated) teacher of the same architecture;
+the compute does not depend on the weights. Smoke usage on a CPU:
 
-    python -c "import distill; from detectron2.modeling import build_model; \\
-    from detectron2.checkpoint import DetectionCheckpointer as C; \\
-    from distill.export import plain_config as p; cfg = distill.get_distill_cfg(); \\
-    cfg.merge_from_file('configs/embedded/faster_rcnn_R34_teacher.yaml'); \\
-    C(build_model(p(cfg)), '/tmp').save('teacher_R34_random')"
     OMP_NUM_THREADS=2 python tools/benchmark.py \\
-        --config-file configs/embedded/faster_rcnn_R18_small.yaml \\
-        --iters 2 --warmup 1 --batch-size 2 --image-size 128 --json /tmp/bench.json \\
-        DISTILL.DISTILLERS '["FeatureKD"]' \\
-        DISTILL.TEACHER.CONFIG_FILE configs/embedded/faster_rcnn_R34_teacher.yaml \\
-        DISTILL.TEACHER.WEIGHTS /tmp/teacher_R34_random.pth
+        --config-file projects/Dsig/configs/embedded/faster_rcnn_R18_dsig.yaml \\
+        --iters 2 --warmup 1 --batch-size 2 --image-size 128 --random-teacher --json /tmp/bench.json
 
 Without distillers in the config only the student and inference phases run. Add
 ``MODEL.DEVICE cuda`` to measure on a GPU. The JSON (default ``OUTPUT_DIR/benchmark.json``)
@@ -42,6 +35,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 from typing import Any
 
 import torch
@@ -49,8 +43,8 @@ from detectron2.config import CfgNode
 from detectron2.structures import Boxes, Instances
 
 import distill
-from distill.benchmark import run_benchmark
-from distill.errors import run_cli
+from distill.benchmark import run_benchmark, save_random_teacher
+from distill.errors import ConfigValueError, run_cli
 from distill.export import plain_config
 from distill.modeling import HEAD_CONFIG_NODES
 
@@ -152,6 +146,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--config-file", required=True, help="training config (Distill* model)")
     parser.add_argument("--iters", type=int, default=10, help="timed calls per phase")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls before them")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="repeat the timed passes of all phases, in turn (for CPUs whose speed drifts)",
+    )
     parser.add_argument("--batch-size", type=int, default=2, help="images per batch")
     parser.add_argument(
         "--image-size", type=int, default=None, help="shortest edge (default: the config's max)"
@@ -161,6 +161,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=("auto", "real", "synthetic"),
         default="auto",
         help="first images of DATASETS.TRAIN[0], random images, or real if it loads (default)",
+    )
+    parser.add_argument(
+        "--random-teacher",
+        action="store_true",
+        help="a random-init teacher from DISTILL.TEACHER.CONFIG_FILE instead of its WEIGHTS",
     )
     parser.add_argument("--lr", type=float, default=1e-4, help="SGD learning rate of train steps")
     parser.add_argument("--seed", type=int, default=0)
@@ -179,20 +184,43 @@ def setup(args: argparse.Namespace) -> CfgNode:
     return cfg
 
 
+def with_random_teacher(cfg: CfgNode, batch: list, directory: str, seed: int) -> CfgNode:
+    """``cfg`` with ``DISTILL.TEACHER.WEIGHTS`` replaced by a random teacher saved in
+    ``directory`` (:func:`distill.benchmark.save_random_teacher`)."""
+    if not cfg.DISTILL.DISTILLERS:
+        raise ConfigValueError("--random-teacher: the config has no DISTILL.DISTILLERS to teach")
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.DISTILL.TEACHER.WEIGHTS = save_random_teacher(cfg, batch, directory, seed)
+    cfg.freeze()
+    return cfg
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
     cfg = setup(args)
     batch, data = load_batch(cfg, args.batch_size, args.image_size, args.data, args.seed)
-    result = run_benchmark(
-        cfg, batch, iters=args.iters, warmup=args.warmup, lr=args.lr, seed=args.seed
-    )
+    with tempfile.TemporaryDirectory() as directory:
+        if args.random_teacher:
+            cfg = with_random_teacher(cfg, batch, directory, args.seed)
+        result = run_benchmark(
+            cfg,
+            batch,
+            iters=args.iters,
+            warmup=args.warmup,
+            lr=args.lr,
+            seed=args.seed,
+            rounds=args.rounds,
+        )
     result = {"config_file": args.config_file, "opts": list(args.opts), "data": data, **result}
+    result["teacher_weights"] = "random" if args.random_teacher else cfg.DISTILL.TEACHER.WEIGHTS
     print(
         f"{result['arch']} {result['distillers']} on {result['device']} "
-        f"({result['num_threads']} threads, torch {result['torch']}); {args.iters} iters after "
-        f"{args.warmup} warmup; batch from {data['source']}, shapes {data['image_shapes']}"
+        f"({result['num_threads']} threads, torch {result['torch']}); {args.rounds} x "
+        f"{args.iters} iters after {args.warmup} warmup; batch from {data['source']}, "
+        f"shapes {data['image_shapes']}"
     )
     if "fallback_reason" in data:
         print(f"dataset not used: {data['fallback_reason']}")

@@ -24,8 +24,9 @@ from distill.modules.relation_graph import (
     cosine_edge_matrix,
     edge_loss,
     mine_background,
+    node_errors,
     node_loss,
-    packed_edge_matrices,
+    per_image_sum_of_means,
 )
 
 __all__ = [
@@ -48,7 +49,8 @@ __all__ = [
     "masked_mse",
     "mine_background",
     "node_loss",
-    "packed_edge_matrices",
+    "node_errors",
     "paint_in_masks",
+    "per_image_sum_of_means",
     "pool_in_masks",
 ]

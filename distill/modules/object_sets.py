@@ -48,6 +48,14 @@ class ObjectGroups:
         """(B, N_max, *D) -> (T, *D), the inverse of :meth:`pack`."""
         return packed[self.image_index, self.slot]
 
+    def split(self, values: torch.Tensor) -> list[torch.Tensor]:
+        """(T, *D) -> B tensors (N_b, *D), each image's objects in input order; no copy when
+        the objects already come sorted by image (as RoIs and detections do)."""
+        index = self.image_index
+        if len(index) > 1 and bool((index[1:] < index[:-1]).any()):
+            values = values[torch.argsort(index, stable=True)]
+        return list(torch.split(values, self.counts.tolist()))
+
     def same_image_mask(self) -> torch.Tensor:
         """(T, T) bool attention mask, True where two objects belong to different images
         (blocked); block-diagonal, and every row has at least its own object unblocked."""

@@ -30,8 +30,17 @@ def cosine_edge_matrix(nodes: torch.Tensor, similarity: str = "instance") -> tor
             channel the cosine over the spatial cells, averaged over channels (nodes must be
             (M, C, *spatial)).
     """
-    one_image = ObjectGroups(torch.zeros(len(nodes), dtype=torch.long, device=nodes.device), 1)
-    return packed_edge_matrices(nodes, one_image, similarity)[0]
+    if similarity == "instance":
+        flat = nodes.flatten(1).float()
+        norms = flat.norm(dim=1).clamp(min=1e-12)
+        # normalising the (M, M) Gram matrix, not the (M, D) nodes: D >> M for RoI features
+        return (flat @ flat.T) / (norms[:, None] * norms[None, :])
+    if similarity == "channel":
+        if nodes.dim() < 3:
+            raise ValueError("edge matrices: 'channel' similarity needs (M, C, *spatial) nodes")
+        unit = F.normalize(nodes.flatten(2).float(), dim=2)  # (M, C, S)
+        return torch.einsum("pcs,qcs->pq", unit, unit) / nodes.shape[1]
+    raise ValueError(f"edge matrices: similarity must be one of {SIMILARITIES}")
 
 
 def per_image_sum_of_means(
@@ -53,6 +62,20 @@ def per_image_sum_of_means(
     return means.sum()
 
 
+def node_errors(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Sum of squared errors of each node: (T, ...) x (T, ...) -> (T,); teacher detached.
+
+    Computed once over all nodes, the losses of node subsets (foreground, background) are then
+    :func:`per_image_sum_of_means` of its entries, with no copy of the node tensors.
+    """
+    if student.shape != teacher.shape:
+        raise ValueError(
+            f"node losses: shapes differ, {tuple(student.shape)} vs {tuple(teacher.shape)}"
+        )
+    diff = (student.float() - teacher.detach().float()).flatten(1)
+    return diff.pow(2).sum(dim=1)
+
+
 def node_loss(
     student: torch.Tensor,
     teacher: torch.Tensor,
@@ -66,12 +89,8 @@ def node_loss(
         groups: the image of each node.
         weights: optional (B,) per-image factors (e.g. the adaptive background weight).
     """
-    if student.shape != teacher.shape:
-        raise ValueError(
-            f"node_loss: shapes differ, {tuple(student.shape)} vs {tuple(teacher.shape)}"
-        )
-    diff = (student.float() - teacher.detach().float()).flatten(1)
-    return per_image_sum_of_means(diff.pow(2).sum(dim=1), groups, diff.shape[1], weights)
+    per_node = student[0].numel() if len(student) else 1
+    return per_image_sum_of_means(node_errors(student, teacher), groups, per_node, weights)
 
 
 def edge_loss(
@@ -82,40 +101,22 @@ def edge_loss(
 ) -> torch.Tensor:
     """sum_b 0.5 * mean over the (M_b, M_b) entries of (E^t_b - E^s_b)^2; teacher detached.
 
-    The edge matrices of all images are built at once from nodes packed per image,
-    (B, N_max, N_max); the diagonal contributes 0.
+    One edge matrix per image, over that image's nodes only (:meth:`ObjectGroups.split`); the
+    diagonal contributes 0.
     """
     if student.shape != teacher.shape:
         raise ValueError(
             f"edge_loss: shapes differ, {tuple(student.shape)} vs {tuple(teacher.shape)}"
         )
-    if len(groups) == 0:
+    terms = []
+    for s, t in zip(groups.split(student), groups.split(teacher.detach()), strict=True):
+        if len(s):
+            with torch.no_grad():
+                e_t = cosine_edge_matrix(t, similarity)
+            terms.append((e_t - cosine_edge_matrix(s, similarity)).pow(2).mean())
+    if not terms:
         return student.sum() * 0.0
-    e_s = packed_edge_matrices(student, groups, similarity)
-    with torch.no_grad():
-        e_t = packed_edge_matrices(teacher.detach(), groups, similarity)
-    valid = groups.pack(student.new_ones(len(groups)))  # (B, N_max)
-    pairs = valid[:, :, None] * valid[:, None, :]
-    sums = ((e_t - e_s).pow(2) * pairs).sum(dim=(1, 2))
-    counts = groups.counts.to(sums.dtype)
-    means = torch.where(counts > 0, sums / counts.clamp(min=1).pow(2), torch.zeros_like(sums))
-    return 0.5 * means.sum()
-
-
-def packed_edge_matrices(
-    nodes: torch.Tensor, groups: ObjectGroups, similarity: str = "instance"
-) -> torch.Tensor:
-    """The cosine edge matrix of every image: (T, ...) -> (B, N_max, N_max), zero outside each
-    image's (N_b, N_b) block."""
-    if similarity == "instance":
-        unit = groups.pack(F.normalize(nodes.flatten(1).float(), dim=1))  # (B, N, D)
-        return torch.bmm(unit, unit.transpose(1, 2))
-    if similarity == "channel":
-        if nodes.dim() < 3:
-            raise ValueError("edge matrices: 'channel' similarity needs (M, C, *spatial) nodes")
-        unit = groups.pack(F.normalize(nodes.flatten(2).float(), dim=2))  # (B, N, C, S)
-        return torch.einsum("bpcs,bqcs->bpq", unit, unit) / nodes.shape[1]
-    raise ValueError(f"edge matrices: similarity must be one of {SIMILARITIES}")
+    return 0.5 * torch.stack(terms).sum()
 
 
 def background_cross_entropy(logits: torch.Tensor, background_class: int = -1) -> torch.Tensor:

@@ -5,28 +5,32 @@ from __future__ import annotations
 import json
 import math
 
-from conftest import FAMILIES, REPO, TINY_OPTS, tiny_cfg
+import torch
+from conftest import FAMILIES, REPO, TINY_OPTS, make_batch, tiny_cfg
 from test_extract_student import load_tool
 
-from distill.benchmark import RATIOS, run_benchmark
+from distill.benchmark import RATIOS, calibrate_frozen_batchnorm, run_benchmark
 
 
 def test_benchmark_feature_kd(tmp_path, teacher_files, capsys):
-    teacher_config, teacher_weights = teacher_files("faster_rcnn")
+    """With ``--random-teacher`` the teacher's weights file is neither needed nor read."""
+    teacher_config, _ = teacher_files("faster_rcnn")
     path = tmp_path / "bench.json"
     argv = [
         "--config-file", str(REPO / FAMILIES["faster_rcnn"]),
-        "--iters", "2", "--warmup", "0", "--batch-size", "2", "--image-size", "64",
-        "--data", "real", "--json", str(path),
+        "--iters", "1", "--rounds", "2", "--warmup", "0", "--batch-size", "2",
+        "--image-size", "64",
+        "--data", "real", "--json", str(path), "--random-teacher",
         *map(str, TINY_OPTS),
         "DISTILL.DISTILLERS", "['FeatureKD']",
         "DISTILL.TEACHER.CONFIG_FILE", str(teacher_config),
-        "DISTILL.TEACHER.WEIGHTS", str(teacher_weights),
+        "DISTILL.TEACHER.WEIGHTS", str(tmp_path / "absent.pth"),
     ]  # fmt: skip
     tool = load_tool("benchmark")
     result = tool.main(argv)
 
     assert set(result["phases"]) == set(tool.PHASES)
+    assert result["rounds"] == 2  # each phase timed once per round, times pooled
     for name, phase in result["phases"].items():
         assert len(phase["times_s"]) == 2, name
         for key in ("median_s", "mean_s", "min_s"):
@@ -40,6 +44,7 @@ def test_benchmark_feature_kd(tmp_path, teacher_files, capsys):
     assert result["checks"]["extracted_outputs_equal_distill"] is True
     assert result["checks"]["dropped_distiller_keys"] > 0
     assert result["checks"]["inactive_distillers"] == []
+    assert result["teacher_weights"] == "random"
 
     written = json.loads(path.read_text())
     assert written["phases"].keys() == result["phases"].keys()
@@ -62,3 +67,35 @@ def test_benchmark_without_distillers_on_synthetic_images():
     assert result["ratios"]["infer_extracted_vs_plain"] > 0
     assert result["checks"]["dropped_distiller_keys"] == 0
     assert result["checks"]["extracted_outputs_equal_distill"] is True
+
+
+def test_calibrated_frozen_batchnorm_normalises_its_input():
+    """After calibration every frozen-BN layer maps its input on the batch to per-channel mean
+    0 and variance 1 (weight 1, bias 0 at random init); nothing else changes."""
+    from detectron2.layers import FrozenBatchNorm2d
+    from detectron2.modeling import build_model
+
+    from distill.export import plain_config
+
+    cfg = plain_config(tiny_cfg("faster_rcnn", "MODEL.RESNETS.NORM", "FrozenBN"))
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    layers = [m for m in model.modules() if isinstance(m, FrozenBatchNorm2d)]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    batch = make_batch()
+    assert calibrate_frozen_batchnorm(model.train(), batch) == len(layers) > 0
+    assert model.training  # the mode is restored
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and all(k.endswith(("running_mean", "running_var")) for k in changed)
+
+    outputs = []
+    hooks = [m.register_forward_hook(lambda m, i, o: outputs.append(o.clone())) for m in layers]
+    with torch.no_grad():
+        model.backbone(model.preprocess_image(batch).tensor)
+    for hook in hooks:
+        hook.remove()
+    assert len(outputs) == len(layers)
+    for out in outputs:
+        mean, var = out.mean(dim=(0, 2, 3)), out.var(dim=(0, 2, 3), unbiased=False)
+        torch.testing.assert_close(mean, torch.zeros_like(mean), atol=1e-4, rtol=0)
+        torch.testing.assert_close(var, torch.ones_like(var), atol=1e-3, rtol=0)

@@ -43,7 +43,9 @@ from distill.modules import (
     edge_loss,
     kl_div_with_temperature,
     mine_background,
+    node_errors,
     node_loss,
+    per_image_sum_of_means,
 )
 from distill.registry import DISTILLER_REGISTRY
 from dsig.nodes import HEAD, detection_boxes, roi_reg_kd
@@ -201,22 +203,23 @@ class Dsig(Distiller):
     def adapt(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.adapter is None else self.adapter(x)
 
-    def teacher_rois(self, context: DistillContext, boxes) -> tuple[torch.Tensor, ...]:
-        """The teacher's pooled nodes and (scores, deltas) for the student's RoIs, one pass."""
+    def teacher_rois(
+        self, context: DistillContext, boxes: list, scored: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """The teacher's pooled nodes of the student's RoIs, (R, C, 7, 7), and its box head's
+        (scores, deltas) for the RoIs selected by the bool mask ``scored`` (None: no RoI)."""
         teacher = context.teacher
         model = teacher.model
         if not isinstance(model, GeneralizedRCNN) or model.roi_heads is None:
             raise ConfigValueError("DSIG with a Faster R-CNN student needs an R-CNN teacher")
         features = context.teacher_features
+        scores = deltas = None
         with teacher.inference():
             maps = [features[f] for f in model.roi_heads.box_in_features]
             pooled = model.roi_heads.box_pooler(maps, boxes)
-            needs_head = self.mining_threshold >= 0 or self.roi_cls_weight or self.roi_reg_weight
-            scores, deltas = (
-                model.roi_heads.box_predictor(model.roi_heads.box_head(pooled))
-                if needs_head
-                else (None, None)
-            )
+            if scored is not None:
+                head_input = pooled if bool(scored.all()) else pooled[scored]
+                scores, deltas = model.roi_heads.box_predictor(model.roi_heads.box_head(head_input))
         return pooled.float(), scores, deltas
 
     def forward(self, context: DistillContext) -> dict[str, torch.Tensor]:
@@ -311,14 +314,22 @@ class Dsig(Distiller):
             torch.tensor([len(p) for p in proposals], device=classes.device),
         )
         student = self.adapt(context.student_records[POOLER].float())  # (R, C, 7, 7)
-        teacher, t_scores, t_deltas = self.teacher_rois(context, boxes)
         fg = (classes >= 0) & (classes < num_classes)
         bg = ~fg
+        mining = bool(self.edge_weight) and self.mining_threshold >= 0
+        # the teacher's box head scores every RoI for the RoI KD, only background ones to mine
+        scored = bg if mining else None
+        if self.roi_cls_weight or self.roi_reg_weight:
+            scored = torch.ones_like(fg)
+        teacher, t_scores, t_deltas = self.teacher_rois(context, boxes, scored)
+        node_terms = self.fg_node_weight or self.bg_node_weight
+        errors = node_errors(student, teacher) if node_terms else None
+        per_node = student[0].numel() if len(student) else 1
         losses = {}
         if self.fg_node_weight:
             groups = ObjectGroups(image_index[fg], len(proposals))
-            losses["loss_dsig_fg_node"] = self.fg_node_weight * node_loss(
-                student[fg], teacher[fg], groups
+            losses["loss_dsig_fg_node"] = self.fg_node_weight * per_image_sum_of_means(
+                errors[fg], groups, per_node
             )
         if self.bg_node_weight:
             groups = ObjectGroups(image_index[bg], len(proposals))
@@ -326,13 +337,13 @@ class Dsig(Distiller):
             if self.bg_weight_alpha > 0:
                 n_fg = torch.bincount(image_index[fg], minlength=len(proposals))
                 weights = adaptive_background_weight(n_fg, groups.counts, self.bg_weight_alpha)
-            losses["loss_dsig_bg_node"] = self.bg_node_weight * node_loss(
-                student[bg], teacher[bg], groups, weights
+            losses["loss_dsig_bg_node"] = self.bg_node_weight * per_image_sum_of_means(
+                errors[bg], groups, per_node, weights
             )
         if self.edge_weight:
             in_graph = fg.clone()
-            if self.mining_threshold >= 0:
-                in_graph |= bg & mine_background(t_scores, self.mining_threshold)
+            if mining:
+                in_graph[scored] |= bg[scored] & mine_background(t_scores, self.mining_threshold)
             groups = ObjectGroups(image_index[in_graph], len(proposals))
             losses["loss_dsig_edge"] = self.edge_weight * edge_loss(
                 student[in_graph], teacher[in_graph], groups, self.similarity

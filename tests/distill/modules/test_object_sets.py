@@ -16,6 +16,10 @@ def test_groups_slots_pack_unpack_any_order():
     packed = groups.pack(values)
     assert packed.shape == (4, 3, 2) and packed[3].abs().sum() == 0
     assert torch.equal(groups.unpack(packed), values)
+    parts = groups.split(values)  # per image, input order kept within each image
+    assert [p.tolist() for p in parts] == [
+        [[2.0, 3.0], [10.0, 11.0]], [[0.0, 1.0], [4.0, 5.0], [8.0, 9.0]], [[6.0, 7.0]], []
+    ]  # fmt: skip
 
 
 def test_same_image_mask_is_block_diagonal():

@@ -62,6 +62,16 @@ def test_same_permutation_on_both_sides_changes_nothing():
     assert not torch.allclose(one_side, edge_loss(s, t, groups))
 
 
+def test_nodes_may_come_in_any_image_order():
+    s, t = nodes()
+    index = torch.tensor([0] * 12 + [1] * 8)
+    shuffle = torch.randperm(20, generator=torch.Generator().manual_seed(1))
+    sorted_groups, shuffled = ObjectGroups(index, 2), ObjectGroups(index[shuffle], 2)
+    for loss in (node_loss, edge_loss):
+        expected = loss(s, t, sorted_groups)
+        assert torch.allclose(loss(s[shuffle], t[shuffle], shuffled), expected, atol=1e-6)
+
+
 def test_losses_are_sums_of_per_image_means():
     s, t = nodes(12)
     one = ObjectGroups(torch.zeros(12, dtype=torch.long), 1)
