@@ -1,10 +1,23 @@
-"""Config keys of the distillation core (``DISTILL.*``), the yacs FCOS (``MODEL.FCOS.*``) and the
-nodes of every registered distiller."""
+"""Config keys of the distillation core (``DISTILL.*``), the yacs FCOS (``MODEL.FCOS.*``), the
+nodes of every registered distiller and those of registered config extensions."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
+
+# Functions adding the keys of non-distiller components that projects bring (e.g. a scene-graph
+# meta-architecture); each is called with the config by add_distill_config and must be idempotent.
+CONFIG_EXTENSIONS: list[Callable[[CN], None]] = []
+
+
+def register_config_extension(add_config: Callable[[CN], None]) -> Callable[[CN], None]:
+    """Have :func:`add_distill_config` call ``add_config(cfg)``; usable as a decorator."""
+    if add_config not in CONFIG_EXTENSIONS:
+        CONFIG_EXTENSIONS.append(add_config)
+    return add_config
 
 
 def add_fcos_config(cfg: CN) -> None:
@@ -54,6 +67,8 @@ def add_distill_config(cfg: CN) -> None:
         _C.DISTILL.TEACHER.ALLOW_MISMATCHED_WEIGHTS = False
         # DDP: find parameters without gradient (a distiller switched off by its schedule).
         _C.DISTILL.FIND_UNUSED_PARAMETERS = True
+    for add_config in CONFIG_EXTENSIONS:
+        add_config(cfg)
     for _name, distiller_class in DISTILLER_REGISTRY:
         distiller_class.add_config(cfg)
 

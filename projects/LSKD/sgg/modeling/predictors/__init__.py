@@ -1,0 +1,5 @@
+"""Predicate predictors; importing this package registers them in SGG_PREDICTOR_REGISTRY."""
+
+from sgg.modeling.predictors.registry import SGG_PREDICTOR_REGISTRY, build_predictor
+
+__all__ = ["SGG_PREDICTOR_REGISTRY", "build_predictor"]
