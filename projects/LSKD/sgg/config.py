@@ -42,12 +42,12 @@ def add_sgg_config(cfg: CN) -> None:
     # embeddings; "" = learned from a random init (ours: no GloVe offline).
     _C.EMBED_FILE = ""
     _C.CONTEXT_HIDDEN_DIM = 512  # hidden size of the context encoders
-    _C.CONTEXT_POOLING_DIM = 4096  # pair representation size (union feature size)
+    # Pair representation size; the object and union features are as wide as the detector's box
+    # head (MODEL.ROI_BOX_HEAD.FC_DIM), whose architecture and weights they start from.
+    _C.CONTEXT_POOLING_DIM = 4096
     _C.CONTEXT_DROPOUT_RATE = 0.2  # dropout inside the context LSTMs
     _C.CONTEXT_OBJ_LAYER = 1  # layers of the object-context encoder (Motifs / VCTree)
     _C.CONTEXT_REL_LAYER = 1  # layers of the edge-context encoder (Motifs / VCTree)
-    _C.POOLER_RESOLUTION = 7  # RoIAlign output of object and union features
-    _C.FEATURE_DIM = 4096  # object / union feature MLP width (2 FC layers)
     _C.LATER_NMS_PREDICTION_THRES = 0.5  # SGDet test: per-class NMS on the refined labels
     _C.TRANSFORMER = CN()
     _C.TRANSFORMER.DROPOUT_RATE = 0.1
