@@ -12,7 +12,9 @@ Differences from ``DefaultTrainer``:
 * the optimizer state (momentum) and the dense detectors' loss normalizer are checkpointed with
   the iteration and the LR schedule;
 * AMP is refused with a clear message where detectron2's AMPTrainer cannot run (no CUDA);
-* the student is evaluated with COCOEvaluator (pycocotools when detectron2 has no compiled ops).
+* the student is evaluated with COCOEvaluator (pycocotools when detectron2 has no compiled ops),
+  or with the mapper and evaluator a project registered for its datasets
+  (:mod:`distill.data.tasks`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import weakref
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.data import build_detection_train_loader
+from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.data.build import _train_loader_from_config
 from detectron2.data.samplers import TrainingSampler
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
@@ -38,6 +40,7 @@ from torch.nn.parallel import DistributedDataParallel
 from distill.checkpoint import check_local_weights
 from distill.compiled_ops import check_compiled_ops
 from distill.data.register import check_builtin_dataset_root
+from distill.data.tasks import dataset_task
 from distill.errors import ConfigValueError
 from distill.solver import build_distill_optimizer
 
@@ -135,6 +138,9 @@ class DistillTrainer(DefaultTrainer):
         """detectron2's train loader; the default sampler is seeded by ``SEED`` (when >= 0) and
         starts where iteration ``start_iter`` begins."""
         kwargs = _train_loader_from_config(cfg)
+        task = dataset_task(cfg.DATASETS.TRAIN[0]) if cfg.DATASETS.TRAIN else None
+        if task is not None:
+            kwargs["mapper"] = task.mapper(cfg, True)
         if cfg.DATALOADER.SAMPLER_TRAIN == "TrainingSampler":
             per_rank = cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size()
             kwargs["sampler"] = ResumableTrainingSampler(
@@ -145,9 +151,21 @@ class DistillTrainer(DefaultTrainer):
         return build_detection_train_loader(**kwargs)
 
     @classmethod
+    def build_test_loader(cls, cfg, dataset_name: str):
+        """detectron2's test loader, with the mapper of the dataset's registered task if any
+        (:mod:`distill.data.tasks`)."""
+        task = dataset_task(dataset_name)
+        mapper = task.mapper(cfg, False) if task is not None else None
+        return build_detection_test_loader(cfg, dataset_name, mapper=mapper)
+
+    @classmethod
     def build_evaluator(cls, cfg, dataset_name: str, output_folder: str | None = None):
+        """COCOEvaluator, or the evaluator of the dataset's registered task."""
         check_builtin_dataset_root(dataset_name)
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
+        task = dataset_task(dataset_name)
+        if task is not None:
+            return task.evaluator(cfg, dataset_name, output_folder)
         return COCOEvaluator(dataset_name, output_dir=output_folder)
 
     def state_dict(self) -> dict:

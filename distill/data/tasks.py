@@ -1,0 +1,44 @@
+"""Dataset kinds beyond COCO-style detection: the dataset mapper and evaluator of each.
+
+A project whose datasets need their own mapper (e.g. scene graphs, which keep relations and
+every box) and evaluator registers them under its datasets' ``MetadataCatalog`` key
+``evaluator_type``; :class:`distill.engine.DistillTrainer` then builds the train loader, the test
+loaders and the evaluators of those datasets with them. Datasets of other types get detectron2's
+``DatasetMapper`` and ``COCOEvaluator``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from detectron2.config import CfgNode
+
+
+@dataclass(frozen=True)
+class DatasetTask:
+    """How to map and evaluate the datasets of one ``evaluator_type``.
+
+    Attributes:
+        mapper: ``mapper(cfg, is_train)`` -> a dataset mapper (callable on a dataset dict).
+        evaluator: ``evaluator(cfg, dataset_name, output_folder)`` -> a ``DatasetEvaluator``.
+    """
+
+    mapper: Callable[[CfgNode, bool], Callable[[dict], Any]]
+    evaluator: Callable[[CfgNode, str, str], Any]
+
+
+DATASET_TASKS: dict[str, DatasetTask] = {}
+
+
+def register_dataset_task(evaluator_type: str, task: DatasetTask) -> None:
+    """Use ``task`` for every dataset whose metadata ``evaluator_type`` is this one."""
+    DATASET_TASKS[evaluator_type] = task
+
+
+def dataset_task(dataset_name: str) -> DatasetTask | None:
+    """The registered task of a dataset, or None (COCO-style detection)."""
+    from detectron2.data import MetadataCatalog
+
+    return DATASET_TASKS.get(MetadataCatalog.get(dataset_name).get("evaluator_type", ""))
