@@ -40,7 +40,7 @@ from torch.nn.parallel import DistributedDataParallel
 from distill.checkpoint import check_local_weights
 from distill.compiled_ops import check_compiled_ops
 from distill.data.register import check_builtin_dataset_root
-from distill.data.tasks import dataset_task
+from distill.data.tasks import configure_dataset_tasks, dataset_task
 from distill.errors import ConfigValueError
 from distill.solver import build_distill_optimizer
 
@@ -117,6 +117,7 @@ class DistillTrainer(DefaultTrainer):
         """detectron2's model. Fails first on a config needing compiled ops this install lacks,
         and on distillers configured for a meta-architecture that cannot run them."""
         check_compiled_ops(cfg)
+        configure_dataset_tasks(cfg)  # models may read training statistics of their datasets
         model = super().build_model(cfg)
         if cfg.DISTILL.DISTILLERS and not hasattr(model, "distillers"):
             arch = cfg.MODEL.META_ARCHITECTURE
@@ -137,6 +138,7 @@ class DistillTrainer(DefaultTrainer):
     def build_train_loader(cls, cfg, start_iter: int = 0):
         """detectron2's train loader; the default sampler is seeded by ``SEED`` (when >= 0) and
         starts where iteration ``start_iter`` begins."""
+        configure_dataset_tasks(cfg)
         kwargs = _train_loader_from_config(cfg)
         task = dataset_task(cfg.DATASETS.TRAIN[0]) if cfg.DATASETS.TRAIN else None
         if task is not None:
@@ -154,6 +156,7 @@ class DistillTrainer(DefaultTrainer):
     def build_test_loader(cls, cfg, dataset_name: str):
         """detectron2's test loader, with the mapper of the dataset's registered task if any
         (:mod:`distill.data.tasks`)."""
+        configure_dataset_tasks(cfg)
         task = dataset_task(dataset_name)
         mapper = task.mapper(cfg, False) if task is not None else None
         return build_detection_test_loader(cfg, dataset_name, mapper=mapper)

@@ -23,10 +23,13 @@ class DatasetTask:
     Attributes:
         mapper: ``mapper(cfg, is_train)`` -> a dataset mapper (callable on a dataset dict).
         evaluator: ``evaluator(cfg, dataset_name, output_folder)`` -> a ``DatasetEvaluator``.
+        configure: optional ``configure(cfg)``, applying the config's dataset options (e.g.
+            filters) to the registered loaders before any dataset dict is loaded.
     """
 
     mapper: Callable[[CfgNode, bool], Callable[[dict], Any]]
     evaluator: Callable[[CfgNode, str, str], Any]
+    configure: Callable[[CfgNode], None] | None = None
 
 
 DATASET_TASKS: dict[str, DatasetTask] = {}
@@ -42,3 +45,10 @@ def dataset_task(dataset_name: str) -> DatasetTask | None:
     from detectron2.data import MetadataCatalog
 
     return DATASET_TASKS.get(MetadataCatalog.get(dataset_name).get("evaluator_type", ""))
+
+
+def configure_dataset_tasks(cfg: CfgNode) -> None:
+    """Apply ``cfg`` to the loaders of every registered task (idempotent)."""
+    for task in DATASET_TASKS.values():
+        if task.configure is not None:
+            task.configure(cfg)
