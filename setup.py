@@ -15,7 +15,6 @@ PROJECT_PACKAGES: dict[str, str] = {
 }
 
 
-
 def project_packages() -> list[str]:
     """Each project package and its subpackages (e.g. ``sgg.data``)."""
     packages = []
