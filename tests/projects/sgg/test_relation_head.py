@@ -45,7 +45,7 @@ if "LinearTestPredictor" not in SGG_PREDICTOR_REGISTRY:
 MODES = {"predcls": (True, True), "sgcls": (True, False), "sgdet": (False, False)}
 
 
-def sgg_cfg(mode: str, *opts):
+def sgg_cfg(mode: str, *opts, freeze: bool = True):
     gt_box, gt_label = MODES[mode]
     return tiny_cfg(
         "faster_rcnn",
@@ -62,6 +62,7 @@ def sgg_cfg(mode: str, *opts):
         "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0,
         "DATASETS.TRAIN", (),
         *opts,
+        freeze=freeze,
     )  # fmt: skip
 
 
@@ -218,3 +219,51 @@ def test_relation_mlps_start_as_the_detectors_box_head(tmp_path):
     for head in (model.relation_head.object_head, model.relation_head.union.head):
         for k, v in head.state_dict().items():
             assert torch.equal(v, box_head[k]), k
+
+
+def test_a_distiller_reads_predicate_logits_and_pair_labels():
+    """DistillSceneGraphRCNN: a distiller recording the predictor and the sampler gets the
+    predicate logits of exactly the sampled pairs and their labels; its loss trains the head."""
+    import torch.nn.functional as F
+    from detectron2.config import configurable
+    from detectron2.modeling import build_model
+    from detectron2.utils.events import EventStorage
+
+    import distill
+    from distill import DISTILLER_REGISTRY, Distiller
+
+    class PredicateKD(Distiller):
+        config_node = "PREDICATE_KD"
+        needs = frozenset({"gt_instances"})
+
+        @configurable
+        def __init__(self, **kwargs):
+            super().__init__(
+                student_modules=("relation_head.predictor", "relation_head.sampler"), **kwargs
+            )
+
+        def forward(self, context):
+            outputs = context.student_records["relation_head.predictor"]
+            pairs, labels = context.student_records["relation_head.sampler"]
+            assert outputs.rel_logits.shape == (sum(map(len, pairs)), P + 1)
+            labels = torch.cat(labels)
+            assert labels.max() <= P and (labels > 0).any()
+            return {"loss_predicate_kd_ce": F.cross_entropy(outputs.rel_logits, labels)}
+
+    DISTILLER_REGISTRY.register(PredicateKD)
+    try:
+        cfg = sgg_cfg("predcls", freeze=False)
+        distill.add_distill_config(cfg)
+        cfg.MODEL.META_ARCHITECTURE = "DistillSceneGraphRCNN"
+        cfg.DISTILL.DISTILLERS = ["PredicateKD"]
+        cfg.freeze()
+        torch.manual_seed(0)
+        model = build_model(cfg).train()
+        with EventStorage(0):
+            losses = model(sgg_batch())
+        assert set(losses) == {"loss_rel", "loss_predicate_kd_ce"}
+        assert torch.isfinite(losses["loss_predicate_kd_ce"])
+        losses["loss_predicate_kd_ce"].backward()
+        assert model.relation_head.predictor.rel.weight.grad.abs().sum() > 0
+    finally:
+        DISTILLER_REGISTRY._obj_map.pop("PredicateKD", None)
