@@ -61,3 +61,15 @@ def test_predictor_trains_and_evaluates(detector, tmp_path, predictor, mode):
     assert results["settings"]["dataset"] == "vgsynth_test"
     for key in ("R@20", "R@50", "R@100", "mR@50", "mR@100", "ngR@50"):
         assert 0.0 <= metrics[key] <= 100.0, (key, metrics[key])
+
+
+@pytest.mark.parametrize("config", ["motifs_sgdet.yaml", "detector_X101_FPN.yaml"])
+def test_vg150_config_without_files_stops_naming_them(tmp_path, config):
+    env = {**os.environ, "DETECTRON2_DATASETS": str(tmp_path / "datasets"), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, TRAIN_NET, "--config-file",
+           str(REPO / "projects/LSKD/configs/vg150" / config), "MODEL.DEVICE", "cpu",
+           "OUTPUT_DIR", str(tmp_path / "out")]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "VG-SGG" in last or "X-101-32x8d.pkl" in last, last
