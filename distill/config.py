@@ -67,6 +67,16 @@ def add_distill_config(cfg: CN) -> None:
         _C.DISTILL.TEACHER.ALLOW_MISMATCHED_WEIGHTS = False
         # DDP: find parameters without gradient (a distiller switched off by its schedule).
         _C.DISTILL.FIND_UNUSED_PARAMETERS = True
+    if "PLATEAU" not in cfg.SOLVER:
+        # SOLVER.LR_SCHEDULER_NAME "WarmupReduceLROnPlateau" (distill/plateau.py): after each
+        # periodic evaluation, LR x FACTOR when METRIC (a flattened result key, higher is
+        # better) has not improved by a relative THRESHOLD for more than PATIENCE evaluations.
+        _P = cfg.SOLVER.PLATEAU = CN()
+        _P.METRIC = "sgg/R@100"
+        _P.PATIENCE = 2
+        _P.FACTOR = 0.1
+        _P.THRESHOLD = 0.001
+        _P.MAX_DECAYS = 3  # no decay after this many
     for add_config in CONFIG_EXTENSIONS:
         add_config(cfg)
     for _name, distiller_class in DISTILLER_REGISTRY:

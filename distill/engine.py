@@ -11,6 +11,8 @@ Differences from ``DefaultTrainer``:
   the batches an uninterrupted run would have seen (exactly so without aspect-ratio grouping);
 * the optimizer state (momentum) and the dense detectors' loss normalizer are checkpointed with
   the iteration and the LR schedule;
+* ``SOLVER.LR_SCHEDULER_NAME: WarmupReduceLROnPlateau`` lowers the LR when the periodic
+  evaluation stalls (:mod:`distill.plateau`);
 * AMP is refused with a clear message where detectron2's AMPTrainer cannot run (no CUDA);
 * the student is evaluated with COCOEvaluator (pycocotools when detectron2 has no compiled ops),
   or with the mapper and evaluator a project registered for its datasets
@@ -30,6 +32,7 @@ from detectron2.data import build_detection_test_loader, build_detection_train_l
 from detectron2.data.build import _train_loader_from_config
 from detectron2.data.samplers import TrainingSampler
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
+from detectron2.engine.hooks import EvalHook
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
@@ -42,6 +45,8 @@ from distill.compiled_ops import check_compiled_ops
 from distill.data.register import check_builtin_dataset_root
 from distill.data.tasks import configure_dataset_tasks, dataset_task
 from distill.errors import ConfigValueError
+from distill.plateau import SCHEDULER_NAME as PLATEAU_SCHEDULER
+from distill.plateau import ReduceLROnPlateau, build_plateau_scheduler
 from distill.solver import build_distill_optimizer
 
 logger = logging.getLogger(__name__)
@@ -127,6 +132,30 @@ class DistillTrainer(DefaultTrainer):
                 "(DistillGeneralizedRCNN, DistillRetinaNet, DistillFCOS)"
             )
         return model
+
+    @classmethod
+    def build_lr_scheduler(cls, cfg, optimizer):
+        """detectron2's schedulers, plus ``WarmupReduceLROnPlateau`` (:mod:`distill.plateau`)."""
+        if cfg.SOLVER.LR_SCHEDULER_NAME == PLATEAU_SCHEDULER:
+            if cfg.TEST.EVAL_PERIOD <= 0 or not cfg.DATASETS.TEST:
+                raise ConfigValueError(
+                    f"SOLVER.LR_SCHEDULER_NAME {PLATEAU_SCHEDULER!r} reads the periodic "
+                    "evaluation: set TEST.EVAL_PERIOD > 0 and a validation set in DATASETS.TEST"
+                )
+            return build_plateau_scheduler(cfg, optimizer)
+        return super().build_lr_scheduler(cfg, optimizer)
+
+    def build_hooks(self):
+        """detectron2's hooks; with the plateau schedule, its hook right after evaluation."""
+        hooks = super().build_hooks()
+        plateau = getattr(self.scheduler, "plateau", None)
+        if plateau is not None:
+            p = self.cfg.SOLVER.PLATEAU
+            hook = ReduceLROnPlateau(plateau, p.METRIC, p.PATIENCE, p.FACTOR, p.THRESHOLD,
+                                     p.MAX_DECAYS)  # fmt: skip
+            index = next(i for i, h in enumerate(hooks) if isinstance(h, EvalHook))
+            hooks.insert(index + 1, hook)
+        return hooks
 
     @classmethod
     def build_optimizer(cls, cfg, model: nn.Module) -> torch.optim.Optimizer:
