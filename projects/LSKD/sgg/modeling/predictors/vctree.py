@@ -27,6 +27,7 @@ from sgg.modeling.embeddings import (
     position_embedding,
     soft_label_embedding,
 )
+from sgg.modeling.predictors.common import PREDCLS_LOGIT, onehot_logits
 from sgg.modeling.predictors.registry import SGG_PREDICTOR_REGISTRY
 from sgg.modeling.predictors.vctree_tree import (
     BiTreeLSTM,
@@ -37,8 +38,7 @@ from sgg.modeling.predictors.vctree_tree import (
 )
 from sgg.modeling.structures import RelationInputs, RelationOutputs
 
-# PredCls object logits: this value at the GT class, minus it elsewhere (softmax = one-hot).
-ONE_HOT_LOGIT = 1000.0
+ONE_HOT_LOGIT = PREDCLS_LOGIT  # PredCls object logits: +- this (common.onehot_logits)
 
 
 def overlap_info(boxes: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
@@ -235,8 +235,7 @@ class VCTreePredictor(nn.Module):
         obj_ctx = self.obj_ctx(torch.cat([x, embed, pos], dim=1), tree)
         if predcls:
             obj_preds = labels
-            obj_logits = x.new_full((len(x), self.num_classes + 1), -ONE_HOT_LOGIT)
-            obj_logits = obj_logits.scatter(1, labels[:, None], ONE_HOT_LOGIT)
+            obj_logits = onehot_logits(labels, self.num_classes, x.dtype)
         else:
             obj_logits = self.decoder(torch.cat([x, obj_ctx], dim=1), tree)
             obj_preds = obj_logits[:, :-1].argmax(dim=1)
