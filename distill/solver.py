@@ -9,12 +9,25 @@ seen by the LR scheduler, gradient clipping and checkpoints as a single optimize
 Distillers may keep student parameters frozen at some iterations
 (:meth:`Distiller.frozen_student_prefixes`); a step pre-hook drops their gradients, so the
 optimizer skips them entirely (no momentum, no weight decay).
+
+Gradient clipping (``SOLVER.CLIP_GRADIENTS``) is detectron2's, with two extensions: parameters
+without a gradient (frozen by that hook, or unused by this iteration's forward) are not passed
+to the clipper (torch's ``clip_grad_value_`` fails on an empty gradient list), and
+``CLIP_TYPE: full_model`` clips the norm of all gradients together, as DETR-style detectors do,
+across every child of a :class:`CompositeOptimizer`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 import torch
-from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
+from detectron2.solver.build import (
+    GradientClipType,
+    _create_gradient_clipper,
+    _generate_optimizer_class_with_gradient_clipping,
+    get_default_optimizer_params,
+)
 from detectron2.utils.events import get_event_storage
 from torch import nn
 
@@ -59,13 +72,55 @@ class CompositeOptimizer(torch.optim.Optimizer):
         self.param_groups = [g for opt in self.optimizers.values() for g in opt.param_groups]
 
 
-def _optimizer_class(cfg, name: str) -> type[torch.optim.Optimizer]:
+FULL_MODEL_CLIP = "full_model"
+CLIP_TYPES = (*(t.value for t in GradientClipType), FULL_MODEL_CLIP)
+
+
+def skip_missing_gradients(clipper: Callable) -> Callable:
+    """A detectron2 gradient clipper (called with one parameter or an iterable of them) that
+    passes on only the parameters holding a gradient, and does nothing when none does."""
+
+    def clip(parameters: torch.Tensor | Iterable[torch.Tensor]) -> None:
+        if isinstance(parameters, torch.Tensor):
+            parameters = [parameters]
+        with_gradient = [p for p in parameters if p.grad is not None]
+        if with_gradient:
+            clipper(with_gradient)
+
+    return clip
+
+
+def clips_full_model(cfg) -> bool:
+    clip = cfg.SOLVER.CLIP_GRADIENTS
+    return bool(clip.ENABLED) and clip.CLIP_TYPE == FULL_MODEL_CLIP
+
+
+def clipped_optimizer_class(cfg, base: type[torch.optim.Optimizer]) -> type[torch.optim.Optimizer]:
+    """``base``, or with ``SOLVER.CLIP_GRADIENTS`` enabled, detectron2's subclass of it that
+    clips before each step: every parameter on its own (``value``, ``norm``) or all together
+    (``full_model``: their total norm), skipping parameters without a gradient."""
+    clip = cfg.SOLVER.CLIP_GRADIENTS
+    if not clip.ENABLED:
+        return base
+    if clip.CLIP_TYPE not in CLIP_TYPES:
+        raise ConfigValueError(
+            f"SOLVER.CLIP_GRADIENTS.CLIP_TYPE: {clip.CLIP_TYPE!r} is not one of {list(CLIP_TYPES)}"
+        )
+    if clip.CLIP_TYPE != FULL_MODEL_CLIP:
+        per_parameter = skip_missing_gradients(_create_gradient_clipper(clip))
+        return _generate_optimizer_class_with_gradient_clipping(
+            base, per_param_clipper=per_parameter
+        )
+    norm = clip.clone()
+    norm.defrost()
+    norm.CLIP_TYPE = GradientClipType.NORM.value
+    whole = skip_missing_gradients(_create_gradient_clipper(norm))
+    return _generate_optimizer_class_with_gradient_clipping(base, global_clipper=whole)
+
+
+def _make(cfg, name: str, groups: list[dict], clip: bool) -> torch.optim.Optimizer:
     base = {"SGD": torch.optim.SGD, "AdamW": torch.optim.AdamW}[name]
-    return maybe_add_gradient_clipping(cfg, base)
-
-
-def _make(cfg, name: str, groups: list[dict]) -> torch.optim.Optimizer:
-    cls = _optimizer_class(cfg, name)
+    cls = clipped_optimizer_class(cfg, base) if clip else base
     if name == "SGD":
         return cls(
             groups,
@@ -107,8 +162,20 @@ def build_distill_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
         if direct:
             own_params.append({"params": direct, "lr": lr, "weight_decay": wd})
         groups.setdefault(distiller.optimizer, []).extend(own_params)
-    optimizers = {name: _make(cfg, name, g) for name, g in groups.items() if g}
-    optimizer = optimizers["SGD"] if list(optimizers) == ["SGD"] else CompositeOptimizer(optimizers)
+    groups = {name: g for name, g in groups.items() if g}
+    single = list(groups) == ["SGD"]
+    # full-model clipping sees every child's gradients at once: the composite clips, not a child
+    clip_children = single or not clips_full_model(cfg)
+    optimizers = {name: _make(cfg, name, g, clip_children) for name, g in groups.items()}
+    if single:
+        optimizer = optimizers["SGD"]
+    else:
+        composite = (
+            CompositeOptimizer
+            if clip_children
+            else clipped_optimizer_class(cfg, CompositeOptimizer)
+        )
+        optimizer = composite(optimizers)
     if len(distillers):
         optimizer.register_step_pre_hook(FrozenStudentParameters(model))
     return optimizer

@@ -64,3 +64,54 @@ def test_unknown_optimizer_and_missing_frozen_prefix_are_named():
     train_step(model, make_batch())
     with EventStorage(0), pytest.raises(ConfigValueError, match="backbone.nothing"):
         optimizer.step()
+
+
+def clipped_step(clip_type: str, clip_value: float, *opts):
+    """One LGD train step at iteration 0 with the student's bottom-up backbone frozen and
+    clipping on; returns the model, its parameters before the step and the optimizer."""
+    cfg, model, optimizer = built(
+        "LGD.PRE_FREEZE_STUDENT_BACKBONE_ITERS", 5, "SOLVER.CLIP_GRADIENTS.ENABLED", True,
+        "SOLVER.CLIP_GRADIENTS.CLIP_TYPE", clip_type,
+        "SOLVER.CLIP_GRADIENTS.CLIP_VALUE", clip_value, *opts,
+    )  # fmt: skip
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    train_step(model, make_batch(), 0)
+    with EventStorage(0):
+        optimizer.step()
+    return model, before, optimizer
+
+
+@pytest.mark.parametrize("clip_type", ["value", "norm", "full_model"])
+def test_clipping_skips_parameters_the_freeze_left_without_gradients(clip_type):
+    """The frozen backbone has no gradients when the clipper runs (torch's clip_grad_value_
+    raised on the empty list); the rest is clipped as the type says and stepped."""
+    limit = 2.0**-10  # exact in float32
+    model, before, _ = clipped_step(clip_type, limit)
+    named = dict(model.named_parameters())
+    frozen = [n for n in named if n.startswith("backbone.bottom_up.")]
+    assert frozen and all(named[n].grad is None for n in frozen)
+    assert all(torch.equal(named[n], before[n]) for n in frozen)
+    stepped = [n for n, p in named.items() if p.grad is not None]
+    assert any(not torch.equal(named[n], before[n]) for n in stepped)
+    grads = [named[n].grad for n in stepped]
+    if clip_type == "value":
+        assert max(g.abs().max().item() for g in grads) == limit  # reached, not exceeded
+    elif clip_type == "norm":  # each parameter on its own
+        assert max(g.norm().item() for g in grads) <= limit * (1 + 1e-4)
+        assert sum(g.norm() ** 2 for g in grads).sqrt() > 2 * limit
+    else:  # all together
+        assert sum(g.norm() ** 2 for g in grads).sqrt() <= limit * (1 + 1e-4)
+
+
+def test_full_model_clipping_spans_every_child_of_a_composite():
+    _, _, optimizer = clipped_step("full_model", 1e-3, "LGD.OPTIMIZER", "AdamW")
+    assert isinstance(optimizer, CompositeOptimizer)
+    assert not any("Clip" in type(o).__name__ for o in optimizer.optimizers.values())
+    grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+    assert len(grads) > len([p for p in optimizer.optimizers["AdamW"].param_groups[0]["params"]])
+    assert sum(g.norm() ** 2 for g in grads).sqrt() <= 1e-3 * (1 + 1e-4)
+
+
+def test_unknown_clip_type_is_named():
+    with pytest.raises(ConfigValueError, match="SOLVER.CLIP_GRADIENTS.CLIP_TYPE: 'l1'"):
+        built("SOLVER.CLIP_GRADIENTS.ENABLED", True, "SOLVER.CLIP_GRADIENTS.CLIP_TYPE", "l1")
