@@ -24,6 +24,11 @@ class MissingFileError(ConfigError, FileNotFoundError):
     """A file or directory named by the config does not exist (nothing is downloaded)."""
 
 
+class InvalidDataError(ConfigValueError):
+    """Dataset content (annotation, image) that cannot be used as it is: the message names the
+    file, the image id and the annotation id or field."""
+
+
 def run_cli(main, *args):
     """Run a tool's ``main``; a :class:`ConfigError` ends it with one ``error: ...`` line."""
     try:
