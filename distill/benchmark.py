@@ -44,6 +44,7 @@ from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage
 
 from distill.checkpoint import student_state_dict
+from distill.errors import ConfigValueError
 from distill.export import plain_config
 
 MIB, MEMORY_CALLS = 2**20, 2
@@ -217,6 +218,27 @@ def calibrate_frozen_batchnorm(model: torch.nn.Module, batch: list[dict]) -> int
     return len(layers) - len(handles)
 
 
+def check_device(cfg: CfgNode) -> torch.device:
+    """``MODEL.DEVICE`` as a device; ConfigValueError if it is CUDA and torch finds none."""
+    device = torch.device(cfg.MODEL.DEVICE)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigValueError(
+            f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r} but torch finds no CUDA device: "
+            "add MODEL.DEVICE cpu to run on the CPU"
+        )
+    return device
+
+
+def distillers_reading_teacher(cfg: CfgNode) -> list[str]:
+    """The names in ``DISTILL.DISTILLERS`` whose distiller reads a teacher (features or model);
+    an empty list means the Distill model builds no teacher (e.g. LGD's implicit one)."""
+    from distill.distiller import TEACHER_ITEMS
+    from distill.registry import get_distiller_class
+
+    names = cfg.DISTILL.DISTILLERS
+    return [n for n in names if get_distiller_class(n).needs & TEACHER_ITEMS]
+
+
 def save_random_teacher(cfg: CfgNode, batch: list[dict], directory: str, seed: int = 0) -> str:
     """Write a random-init, :func:`calibrate_frozen_batchnorm`-ed checkpoint of the teacher of
     ``cfg`` (its ``DISTILL.TEACHER`` config and overrides) to ``directory``; return its path.
@@ -285,7 +307,7 @@ def run_benchmark(
         raise ValueError(
             f"need iters >= 1, warmup >= 0 and rounds >= 1, got {iters}, {warmup} and {rounds}"
         )
-    device = torch.device(cfg.MODEL.DEVICE)
+    device = check_device(cfg)
     meter = MemoryMeter(device)
     batch = _to_device(batch, device)
     plain_cfg = plain_config(cfg)

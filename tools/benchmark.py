@@ -16,7 +16,8 @@ The batch is the first B images of DATASETS.TRAIN[0] through detectron2's Datase
 (resized to shortest edge S, no random flip) or, if that does not load (or ``--data
 synthetic``), B random S x S images with random boxes. Without the teacher's trained weights,
 ``--random-teacher`` measures with a random-init (calibrated) teacher of the same architecture;
-the compute does not depend on the weights. Smoke usage on a CPU:
+the compute does not depend on the weights; on a config whose distillers read no teacher (LGD)
+the flag changes nothing and says so. Smoke usage on a CPU:
 
     OMP_NUM_THREADS=2 python tools/benchmark.py \\
         --config-file projects/Dsig/configs/embedded/faster_rcnn_R18_dsig.yaml \\
@@ -43,7 +44,12 @@ from detectron2.config import CfgNode
 from detectron2.structures import Boxes, Instances
 
 import distill
-from distill.benchmark import run_benchmark, save_random_teacher
+from distill.benchmark import (
+    check_device,
+    distillers_reading_teacher,
+    run_benchmark,
+    save_random_teacher,
+)
 from distill.errors import ConfigValueError, run_cli
 from distill.export import plain_config
 from distill.modeling import HEAD_CONFIG_NODES
@@ -165,7 +171,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--random-teacher",
         action="store_true",
-        help="a random-init teacher from DISTILL.TEACHER.CONFIG_FILE instead of its WEIGHTS",
+        help="a random-init teacher from DISTILL.TEACHER.CONFIG_FILE instead of its WEIGHTS "
+        "(ignored, with a note, when no configured distiller reads a teacher)",
     )
     parser.add_argument("--lr", type=float, default=1e-4, help="SGD learning rate of train steps")
     parser.add_argument("--seed", type=int, default=0)
@@ -184,11 +191,26 @@ def setup(args: argparse.Namespace) -> CfgNode:
     return cfg
 
 
+def no_teacher_reason(cfg: CfgNode) -> str | None:
+    """Why the model of ``cfg`` builds no teacher, or None when a distiller reads one."""
+    distillers = list(cfg.DISTILL.DISTILLERS)
+    if not distillers:
+        return "the config has no DISTILL.DISTILLERS"
+    if not distillers_reading_teacher(cfg):
+        return f"DISTILL.DISTILLERS={distillers} read no teacher (they need no teacher weights)"
+    return None
+
+
 def with_random_teacher(cfg: CfgNode, batch: list, directory: str, seed: int) -> CfgNode:
     """``cfg`` with ``DISTILL.TEACHER.WEIGHTS`` replaced by a random teacher saved in
-    ``directory`` (:func:`distill.benchmark.save_random_teacher`)."""
-    if not cfg.DISTILL.DISTILLERS:
-        raise ConfigValueError("--random-teacher: the config has no DISTILL.DISTILLERS to teach")
+    ``directory`` (:func:`distill.benchmark.save_random_teacher`).
+
+    Raises:
+        ConfigValueError: no configured distiller reads a teacher (:func:`no_teacher_reason`).
+    """
+    reason = no_teacher_reason(cfg)
+    if reason is not None:
+        raise ConfigValueError(f"--random-teacher: {reason}; there is no teacher to replace")
     cfg = cfg.clone()
     cfg.defrost()
     cfg.DISTILL.TEACHER.WEIGHTS = save_random_teacher(cfg, batch, directory, seed)
@@ -201,9 +223,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
     cfg = setup(args)
+    check_device(cfg)
     batch, data = load_batch(cfg, args.batch_size, args.image_size, args.data, args.seed)
+    no_teacher = no_teacher_reason(cfg)
+    random_teacher = args.random_teacher and no_teacher is None
+    if args.random_teacher and not random_teacher:
+        print(f"--random-teacher not used: {no_teacher}")
     with tempfile.TemporaryDirectory() as directory:
-        if args.random_teacher:
+        if random_teacher:
             cfg = with_random_teacher(cfg, batch, directory, args.seed)
         result = run_benchmark(
             cfg,
@@ -215,7 +242,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             rounds=args.rounds,
         )
     result = {"config_file": args.config_file, "opts": list(args.opts), "data": data, **result}
-    result["teacher_weights"] = "random" if args.random_teacher else cfg.DISTILL.TEACHER.WEIGHTS
+    weights = "random" if random_teacher else cfg.DISTILL.TEACHER.WEIGHTS
+    result["teacher_weights"] = weights if no_teacher is None else None
     print(
         f"{result['arch']} {result['distillers']} on {result['device']} "
         f"({result['num_threads']} threads, torch {result['torch']}); {args.rounds} x "

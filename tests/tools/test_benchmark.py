@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
 import torch
 from conftest import FAMILIES, REPO, TINY_OPTS, make_batch, tiny_cfg
 from test_extract_student import load_tool
 
 from distill.benchmark import RATIOS, calibrate_frozen_batchnorm, run_benchmark
+from distill.errors import ConfigValueError
 
 
 def test_benchmark_feature_kd(tmp_path, teacher_files, capsys):
@@ -69,6 +71,29 @@ def test_benchmark_without_distillers_on_synthetic_images():
     assert result["checks"]["extracted_outputs_equal_distill"] is True
 
 
+def test_random_teacher_on_a_teacher_free_distiller_is_a_noted_no_op(tmp_path, capsys):
+    """LGD builds its own (implicit) teacher: ``--random-teacher`` says it is not used and the
+    run measures the student with LGD, never claiming that LGD needs a teacher."""
+    lgd = "projects/LGD/configs/embedded/retinanet_R18_lgd.yaml"
+    argv = [
+        "--config-file", str(REPO / lgd), "--iters", "1", "--warmup", "0", "--batch-size", "1",
+        "--image-size", "64", "--data", "synthetic", "--random-teacher",
+        "--json", str(tmp_path / "bench.json"), *map(str, TINY_OPTS),
+    ]  # fmt: skip
+    tool = load_tool("benchmark")
+    result = tool.main(argv)
+    out = capsys.readouterr().out
+    assert "--random-teacher not used: DISTILL.DISTILLERS=['LGD'] read no teacher" in out
+    assert "need a teacher" not in out
+    assert result["distillers"] == ["LGD"] and result["teacher"] is False
+    assert result["teacher_weights"] is None
+    assert "train_distill" in result["phases"] and "teacher_forward" not in result["phases"]
+    with pytest.raises(ConfigValueError, match=r"--random-teacher: DISTILL.DISTILLERS=\['LGD'\]"):
+        tool.with_random_teacher(tool.setup(tool.parse_args(argv)), [], str(tmp_path), 0)
+    plain = tool.setup(tool.parse_args(["--config-file", str(REPO / FAMILIES["retinanet"])]))
+    assert tool.no_teacher_reason(plain) == "the config has no DISTILL.DISTILLERS"
+
+
 def test_calibrated_frozen_batchnorm_normalises_its_input():
     """After calibration every frozen-BN layer maps its input on the batch to per-channel mean
     0 and variance 1 (weight 1, bias 0 at random init); nothing else changes."""
@@ -99,3 +124,15 @@ def test_calibrated_frozen_batchnorm_normalises_its_input():
         mean, var = out.mean(dim=(0, 2, 3)), out.var(dim=(0, 2, 3), unbiased=False)
         torch.testing.assert_close(mean, torch.zeros_like(mean), atol=1e-4, rtol=0)
         torch.testing.assert_close(var, torch.ones_like(var), atol=1e-3, rtol=0)
+
+
+def test_cuda_device_without_cuda_is_one_line(monkeypatch):
+    """The COCO configs keep detectron2's MODEL.DEVICE cuda: on a machine without CUDA the
+    tool stops before building anything, saying how to run on the CPU."""
+    from distill.benchmark import check_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = tiny_cfg("retinanet", "MODEL.DEVICE", "cuda:0")
+    with pytest.raises(ConfigValueError, match="MODEL.DEVICE is 'cuda:0'.*MODEL.DEVICE cpu"):
+        check_device(cfg)
+    assert check_device(tiny_cfg("retinanet")) == torch.device("cpu")
