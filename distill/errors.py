@@ -28,6 +28,14 @@ class InvalidDataError(ConfigValueError):
     """Dataset content (annotation, image) that cannot be used as it is: the message names the
     file, the image id and the annotation id or field."""
 
+    def __str__(self) -> str:
+        # A data-loader worker's error comes back with the worker's traceback as its message,
+        # ending with "...InvalidDataError: <message>": keep that message (args keep it all).
+        text = super().__str__()
+        if text.startswith(f"Caught {type(self).__name__} in DataLoader worker"):
+            return text.rstrip().rsplit(f"{type(self).__name__}: ", 1)[-1]
+        return text
+
 
 def run_cli(main, *args):
     """Run a tool's ``main``; a :class:`ConfigError` ends it with one ``error: ...`` line."""

@@ -47,8 +47,25 @@ def dataset_task(dataset_name: str) -> DatasetTask | None:
     return DATASET_TASKS.get(MetadataCatalog.get(dataset_name).get("evaluator_type", ""))
 
 
+def dataset_mapper(cfg: CfgNode, dataset_name: str, is_train: bool) -> Callable[[dict], Any]:
+    """The mapper of the dataset's task, else detectron2's ``DatasetMapper``, wrapped so that an
+    unreadable or truncated image fails naming its file (:class:`ImageErrorNamingMapper`)."""
+    from detectron2.data import DatasetMapper
+
+    from distill.data.images import ImageErrorNamingMapper
+
+    task = dataset_task(dataset_name)
+    mapper = task.mapper(cfg, is_train) if task is not None else DatasetMapper(cfg, is_train)
+    return ImageErrorNamingMapper(mapper)
+
+
 def configure_dataset_tasks(cfg: CfgNode) -> None:
-    """Apply ``cfg`` to the loaders of every registered task (idempotent)."""
+    """Apply ``cfg`` to the loaders of every registered task, and make the COCO-format datasets
+    of DATASETS.TRAIN / TEST check their annotations when loaded with
+    DATASETS.INVALID_ANNOTATIONS (:mod:`distill.data.checked_coco`). Idempotent."""
+    from distill.data.checked_coco import check_coco_annotations_of
+
+    check_coco_annotations_of(cfg)
     for task in DATASET_TASKS.values():
         if task.configure is not None:
             task.configure(cfg)

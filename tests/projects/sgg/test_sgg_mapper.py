@@ -1,5 +1,6 @@
 """SceneGraphDatasetMapper: resizing, instances kept in order in train and test, relations and
-their duplicate filtering (training only, random at each load), the no-flip rule."""
+their duplicate filtering (training only, random at each load), the no-flip rule, unreadable
+images named."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from PIL import Image
 from sgg.data import SceneGraphDatasetMapper, filter_duplicate_relations, register_vgsynth
 
 import distill
-from distill.errors import ConfigValueError
+from distill.errors import ConfigValueError, InvalidDataError
 
 
 def _cfg(*opts):
@@ -115,6 +116,18 @@ def test_bad_relations_and_size_mismatch(record):
     out = mapper(dict(record, height=80, width=160))
     assert out["image"].shape == (3, 80, 160) and (out["height"], out["width"]) == (80, 160)
     assert out["instances"].gt_boxes.tensor[0].tolist() == [10, 5, 30, 25]
+
+
+@pytest.mark.parametrize("content", ["truncated", "not an image"])
+def test_unreadable_image_names_its_file_and_image_id(record, tmp_path, content):
+    path = tmp_path / "7.jpg"
+    pixels = np.random.default_rng(0).integers(0, 256, (40, 80, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path, quality=95)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if content == "truncated" else b"GIF89a")
+    with pytest.raises(InvalidDataError) as err:
+        SceneGraphDatasetMapper(_cfg(), is_train=True)(dict(record, file_name=str(path)))
+    assert str(err.value).startswith(f"image {path} (image_id 7) cannot be read: ")
 
 
 def test_mapper_on_generated_vgsynth(tmp_path_factory):

@@ -21,7 +21,7 @@ from sgg.data import (
     register_vg150,
 )
 
-from distill.errors import ConfigValueError, MissingFileError
+from distill.errors import ConfigValueError, InvalidDataError, MissingFileError
 
 CLASSES = ["cat", "dog", "man"]  # ids 1..3, alphabetical like VG
 PREDICATES = ["above", "has", "on"]
@@ -231,6 +231,21 @@ BAD_DATA = {
     "label too large": (_set("labels", 11, 4), 15, "'labels'"),
     "label zero": (_set("labels", 2, 0), 12, "'labels'"),
     "relation to another image's box": (_set("relationships", (6, 1), 9), 15, "'relationships'"),
+    "box ranges of two images overlap": (
+        _set("img_to_first_box", 5, 9), 15, "'img_to_first_box/img_to_last_box': range 9..11 "
+        "overlaps range 7..9 of image_id 14",
+    ),
+    "relation ranges of two images overlap": (
+        _set("img_to_first_rel", 5, 5), 15, "'img_to_first_rel/img_to_last_rel': range 5..6 "
+        "overlaps range 4..5 of image_id 14",
+    ),
+    # image 10 is 512x256, i.e. 1024x512 at box scale 1024: y1 = 600 - 50 / 2 is below it
+    "box below the image": (
+        _set("boxes_1024", 1, (300, 600, 100, 50)), 10, "'boxes_1024': row 1 = [300, 600, 100, "
+        "50] (cx, cy, w, h) starts at x1, y1 = 125.0, 287.5 pixels, outside the 512x256 image",
+    ),
+    # image 15 is 300x400, i.e. 768x1024 at box scale 1024: x1 = 780
+    "box right of the image": (_set("boxes_1024", 10, (800, 100, 40, 40)), 15, "'boxes_1024'"),
 }  # fmt: skip
 
 
@@ -243,6 +258,7 @@ def test_bad_data_names_file_image_and_field(tmp_path, case):
     message = str(err.value)
     assert "VG-SGG-with-attri.h5" in message and f"image_id {image_id}," in message
     assert field in message
+    assert isinstance(err.value, InvalidDataError)
 
 
 def test_loading_is_vectorised(tmp_path):
@@ -282,6 +298,23 @@ def test_registered_split_without_files_raises_clearly(tmp_path):
         "vg150_nowhere_train", "vg150_nowhere_val", "vg150_nowhere_test"]  # fmt: skip
     with pytest.raises(MissingFileError, match="DETECTRON2_DATASETS"):
         DatasetCatalog.get("vg150_nowhere_val")
+
+
+def test_missing_files_are_found_before_a_run_starts(vg_root):
+    import distill
+    from distill.data import check_datasets
+
+    register_vg150(vg_root, name_prefix="vg150_up_front")
+    cfg = distill.get_distill_cfg()
+    cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = ("vg150_up_front_train",), ("vg150_up_front_test",)
+    check_datasets(cfg)
+    (vg_root / "VG-SGG-with-attri.h5").unlink()
+    with pytest.raises(MissingFileError) as err:
+        check_datasets(cfg)
+    message = str(err.value)
+    assert message.startswith("DATASETS.TRAIN: dataset 'vg150_up_front_train' not found")
+    assert f"{vg_root / 'VG-SGG-with-attri.h5'} (missing)" in message
+    assert f"{vg_root / 'VG_100K'} (found)" in message
 
 
 def test_registered_split_checks_the_files_classes(vg_root):

@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 import torch
 from detectron2.config import configurable
-from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import Boxes, BoxMode, Instances
 from detectron2.utils.logger import log_first_n
 
+from distill.data.images import read_image_naming_file
 from distill.errors import ConfigValueError
 
 
@@ -54,6 +54,7 @@ class SceneGraphDatasetMapper:
     ``instances`` (``gt_boxes`` in resized pixels, ``gt_classes``; every annotation in order)
     and ``relations`` LongTensor (R, 3) (subject, object, predicate id 1..P). In training with
     ``filter_duplicate_relations``, one predicate per ordered pair is drawn at each load.
+    An image that cannot be read or decoded raises ``InvalidDataError`` naming its file.
     """
 
     @configurable
@@ -100,7 +101,7 @@ class SceneGraphDatasetMapper:
 
     def __call__(self, dataset_dict: dict) -> dict:
         d = copy.deepcopy(dataset_dict)
-        image = utils.read_image(d["file_name"], format=self.image_format)
+        image = read_image_naming_file(d["file_name"], self.image_format, d.get("image_id"))
         height, width = d["height"], d["width"]
         if image.shape[:2] != (height, width):
             # A few VG image_data.json sizes are wrong; the boxes are in the recorded frame.

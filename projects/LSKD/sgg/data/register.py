@@ -117,7 +117,9 @@ def register_vg150(root: str | os.PathLike | None = None, name_prefix: str = "vg
 
     Metadata: ``thing_classes`` (150), ``predicate_classes`` (50, ``[0]`` = predicate id 1),
     ``evaluator_type="sgg"``, ``sgg_train_dataset`` (the train split's name, from which the
-    evaluator derives zero-shot triplets and predicate groups) and ``vg_root``.
+    evaluator derives zero-shot triplets and predicate groups), ``vg_root`` and
+    ``required_paths`` (the three files and the image folder, checked before a run starts by
+    :func:`distill.data.check_datasets`).
 
     Args:
         root: Folder of the VG150 files; default :func:`default_vg_root`, resolved now.
@@ -131,6 +133,7 @@ def register_vg150(root: str | os.PathLike | None = None, name_prefix: str = "vg
         lambda: root,
         None,
         vg_root=str(root),
+        required_paths=[str(p) for p in vg150_files(root).values()],
         thing_classes=list(VG150_OBJECT_CLASSES),
         predicate_classes=list(VG150_PREDICATES),
     )

@@ -186,9 +186,9 @@ def load_vg150(
             f"{sorted(CORRUPTED_IMAGE_IDS)} excluded) but {files['h5']} has {len(h5['split'])}"
         )
     image_ids = np.array([int(e["image_id"]) for e in image_data], dtype=np.int64)
-    check_vg150_arrays(
-        h5, files["h5"], image_ids, len(classes["thing_classes"]), len(classes["predicate_classes"])
-    )
+    sizes = np.array([[e["width"], e["height"]] for e in image_data], dtype=np.int64).reshape(-1, 2)
+    num_classes, num_preds = len(classes["thing_classes"]), len(classes["predicate_classes"])
+    check_vg150_arrays(h5, files["h5"], image_ids, num_classes, num_preds, sizes, box_scale)
 
     keep = (h5["split"] == _H5_SPLIT_FLAG[split]) & (h5["img_to_first_box"] >= 0)
     if filter_empty_relations:

@@ -1,5 +1,6 @@
 """Consistency checks of a VG150 h5 file, vectorised over all images, boxes and relations; each
-failure raises :class:`ConfigValueError` naming the file, the image id and the field."""
+failure raises :class:`InvalidDataError` (a ``ConfigValueError``) naming the file, the image id
+and the field."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from distill.errors import ConfigValueError
+from distill.errors import ConfigValueError, InvalidDataError
 
 PER_IMAGE_KEYS = ("split", "img_to_first_box", "img_to_last_box", "img_to_first_rel",
                   "img_to_last_rel")  # fmt: skip
@@ -28,14 +29,14 @@ def _owner(index: int, first: np.ndarray, last: np.ndarray) -> int:
 
 
 class _Checker:
-    """Raises ConfigValueError naming the h5 file, the image id and the field."""
+    """Raises InvalidDataError naming the h5 file, the image id and the field."""
 
     def __init__(self, path: Path, image_ids: np.ndarray):
         self.path, self.image_ids = path, image_ids
 
     def image(self, image: int, field: str, problem: str) -> None:
         where = f"image_id {self.image_ids[image]}" if image >= 0 else "no image"
-        raise ConfigValueError(f"{self.path}: {where}, field {field!r}: {problem}")
+        raise InvalidDataError(f"{self.path}: {where}, field {field!r}: {problem}")
 
     def ranges(self, h5: dict, kind: str, total: int) -> None:
         first, last = h5[f"img_to_first_{kind}"], h5[f"img_to_last_{kind}"]
@@ -48,6 +49,17 @@ class _Checker:
         if len(bad):
             i = bad[0]
             self.image(i, field, f"range {first[i]}..{last[i]} invalid for {total} {_PLURAL[kind]}")
+        # Sorted by start, each range must end before the next one starts.
+        order = np.flatnonzero(has)[np.argsort(first[has], kind="stable")]
+        clash = np.flatnonzero(first[order[1:]] <= last[order[:-1]])
+        if len(clash):
+            a, b = order[clash[0]], order[clash[0] + 1]
+            self.image(
+                b,
+                field,
+                f"range {first[b]}..{last[b]} overlaps range {first[a]}..{last[a]} of image_id "
+                f"{self.image_ids[a]} (each image needs its own {_PLURAL[kind]})",
+            )
 
     def values(
         self, values: np.ndarray, ok: np.ndarray, h5: dict, kind: str, field: str, expected: str
@@ -59,10 +71,41 @@ class _Checker:
             self.image(owner, field, f"row {j} = {values[j].tolist()}, expected {expected}")
 
 
+def _check_boxes_inside(h5: dict, check: _Checker, image_sizes: np.ndarray, box_scale: int) -> None:
+    """Every box of an image must overlap it: one starting right of or below the image would be
+    clipped to zero width or height (an infinite box-regression loss in training)."""
+    with_boxes = np.flatnonzero(h5["img_to_first_box"] >= 0)
+    first, last = h5["img_to_first_box"][with_boxes], h5["img_to_last_box"][with_boxes]
+    rows = ranges_to_indices(first, last)
+    sizes = np.repeat(image_sizes[with_boxes].astype(np.float64), last - first + 1, axis=0)
+    boxes = h5["boxes"][rows].astype(np.float64)
+    top_left = boxes[:, :2] - boxes[:, 2:] / 2  # at box_scale = the image's longer side
+    pixels = top_left * sizes.max(1, keepdims=True) / box_scale
+    bad = np.flatnonzero((pixels >= sizes).any(1))
+    if len(bad):
+        k = bad[0]
+        owner = with_boxes[np.searchsorted(np.cumsum(last - first + 1), k, side="right")]
+        width, height = sizes[k].astype(int)
+        check.image(
+            owner,
+            f"boxes_{box_scale}",
+            f"row {rows[k]} = {boxes[k].astype(int).tolist()} (cx, cy, w, h) starts at x1, y1 = "
+            f"{pixels[k, 0]:.1f}, {pixels[k, 1]:.1f} pixels, outside the {width}x{height} image "
+            "(size from image_data.json)",
+        )
+
+
 def check_vg150_arrays(
-    h5: dict[str, np.ndarray], path: Path, image_ids: np.ndarray, num_classes: int, num_preds: int
+    h5: dict[str, np.ndarray],
+    path: Path,
+    image_ids: np.ndarray,
+    num_classes: int,
+    num_preds: int,
+    image_sizes: np.ndarray,
+    box_scale: int,
 ) -> None:
-    """Checks shapes, index ranges, box validity, labels, predicates and relation indices.
+    """Checks shapes, index ranges (valid, not shared by two images), box validity (inside the
+    image), labels, predicates and relation indices.
 
     Args:
         h5: The file's arrays, with ``boxes`` (N_box, 4) at the chosen scale, ``labels`` and
@@ -71,6 +114,8 @@ def check_vg150_arrays(
         image_ids: (N_img,) VG image ids, aligned with the h5 image axis.
         num_classes: C, object labels must be in 1..C.
         num_preds: P, predicates must be in 1..P.
+        image_sizes: (N_img, 2) width, height in pixels (image_data.json).
+        box_scale: The scale of ``boxes`` (the longer image side), e.g. 1024.
     """
     check = _Checker(path, image_ids)
     for key in PER_IMAGE_KEYS:
@@ -91,6 +136,7 @@ def check_vg150_arrays(
     boxes = h5["boxes"]
     check.values(boxes, (boxes[:, :2] >= 0).all(1), h5, "box", "boxes", "centres cx, cy >= 0")
     check.values(boxes, (boxes[:, 2:] > 0).all(1), h5, "box", "boxes", "sizes w, h > 0")
+    _check_boxes_inside(h5, check, image_sizes, box_scale)
     labels, preds = h5["labels"], h5["predicates"]
     check.values(
         labels,
