@@ -65,6 +65,10 @@ def add_sgg_config(cfg: CN) -> None:
     _T.IOU_PLUS_ONE = True
     _T.REQUIRE_OVERLAP = False  # test pairs: all ordered pairs (False) or overlapping only
     _T.TOPK = (20, 50, 100)  # K of R@K, ngR@K, mR@K, zR@K
+    # No graph constraint (ngR@K, ng-mR@K, ng-zR@K): the candidate predicates of each pair (its
+    # best ones; 1 = the graph-constrained ranking); 0 = all NUM_PREDICATES, the benchmark's
+    # (ours). The best 100 candidates of an image are ranked, as in the benchmark.
+    _T.NO_GRAPH_PREDICATES_PER_PAIR = 0
     # mR per predicate group by training instances: head > HEAD_MIN, tail < TAIL_MAX, else body.
     _T.HEAD_MIN = 10000
     _T.TAIL_MAX = 500

@@ -1,9 +1,12 @@
-"""SceneGraphEvaluator end to end on a registered tiny dataset with fake model outputs."""
+"""SceneGraphEvaluator end to end on a registered tiny dataset with fake model outputs.
+
+Every metric is in percent (0-100)."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import pickle
 from pathlib import Path
 
@@ -20,6 +23,7 @@ from sgg.evaluation import SceneGraphEvaluator
 from distill.errors import ConfigKeyError, ConfigValueError
 
 P = 50
+C = 5  # man, horse, hat, cup, table
 RIDING, WEARING, ON, HAS = 38, 48, 31, 20
 TEST, TRAIN = "sgg_eval_tiny_test", "sgg_eval_tiny_train"
 TOPK = (1, 2, 4, 50, 100)
@@ -67,7 +71,10 @@ def tiny_datasets():
     DatasetCatalog.register(TEST, lambda: TEST_RECORDS)
     DatasetCatalog.register(TRAIN, lambda: TRAIN_RECORDS)
     names = [f"pred{i}" for i in range(1, P + 1)]
-    MetadataCatalog.get(TEST).set(predicate_classes=names, sgg_train_dataset=TRAIN)
+    MetadataCatalog.get(TEST).set(
+        thing_classes=[f"obj{i}" for i in range(C)], predicate_classes=names,
+        sgg_train_dataset=TRAIN,
+    )  # fmt: skip
     yield
     for name in (TEST, TRAIN):
         DatasetCatalog.remove(name)
@@ -133,6 +140,7 @@ def test_end_to_end_hand_computed(tmp_path):
         assert res[key] == pytest.approx(value), key
     assert all(f"{m}@{k}" in res for m in ("ng-mR", "zR", "ng-zR", "M", "F") for k in TOPK)
     saved = json.loads((tmp_path / "sgg_evaluation.json").read_text())
+    assert saved["unit"] == "percent" and "not_reported" not in saved
     assert saved["metrics"] == pytest.approx(res)
     assert saved["num_images"] == 2
     assert saved["num_skipped_no_relations"] == 1 and saved["num_skipped_no_predictions"] == 1
@@ -148,12 +156,33 @@ def test_images_without_relations_or_pairs_are_skipped():
     assert only == pytest.approx(full)
 
 
-def test_without_train_statistics_no_zero_shot_or_groups():
+def test_without_train_statistics_no_zero_shot_or_groups(tmp_path, caplog):
     MetadataCatalog.remove(TEST)
-    MetadataCatalog.get(TEST).set(predicate_classes=[f"pred{i}" for i in range(1, P + 1)])
-    res = run(make())["sgg"]
-    assert res["R@2"] == pytest.approx(EXPECTED["R@2"])
-    assert not any(k.startswith(("zR", "ng-zR")) or k.endswith("_head") for k in res)
+    MetadataCatalog.get(TEST).set(
+        thing_classes=[f"obj{i}" for i in range(C)],
+        predicate_classes=[f"pred{i}" for i in range(1, P + 1)],
+    )
+    evaluator = make(output_dir=str(tmp_path))
+    for _ in range(2):  # two evaluations, one warning each
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="sgg.evaluation.evaluator"):
+            res = run(evaluator)["sgg"]
+        assert res["R@2"] == pytest.approx(EXPECTED["R@2"])
+        assert not any(k.startswith(("zR", "ng-zR")) or k.endswith("_head") for k in res)
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1, warnings  # once per evaluation
+        for words in (
+            "zR@K, ng-zR@K and mR@K_head/body/tail",
+            f"'{TEST}'",
+            "seen in training",
+            "training relations per predicate",
+            "sgg_train_dataset",
+            "train_dataset=",
+        ):
+            assert words in warnings[0], words  # fmt: skip
+    saved = json.loads((tmp_path / "sgg_evaluation.json").read_text())
+    assert saved["not_reported"]["reason"] == warnings[0]
+    assert "zR@K" in saved["not_reported"]["metrics"]
     res = run(make(train_dataset=TRAIN))["sgg"]  # the explicit argument works too
     assert res["zR@1"] == pytest.approx(50.0)
 
@@ -179,12 +208,54 @@ def test_simulated_two_process_gather(monkeypatch):
 def test_settings_from_cfg_and_overrides():
     cfg = get_cfg()
     add_sgg_config(cfg)
+    cfg.MODEL.ROI_RELATION_HEAD.NUM_CLASSES = C
     cfg.TEST.RELATION.TOPK = (1, 2)
     res = run(SceneGraphEvaluator(TEST, cfg))["sgg"]
     assert set(k for k in res if k.startswith("R@")) == {"R@1", "R@2"}
     assert "mR@2_head" in res and np.isnan(res["mR@2_head"])  # HEAD_MIN 10000: empty group
     res = run(SceneGraphEvaluator(TEST, cfg, topk=(4,)))["sgg"]
     assert res["ngR@4"] == pytest.approx(100.0) and "R@1" not in res
+
+
+def test_no_graph_predicates_per_pair_from_cfg(tmp_path):
+    cfg = get_cfg()
+    add_sgg_config(cfg)
+    cfg.MODEL.ROI_RELATION_HEAD.NUM_CLASSES = C
+    cfg.TEST.RELATION.TOPK = TOPK
+    assert cfg.TEST.RELATION.NO_GRAPH_PREDICATES_PER_PAIR == 0  # all predicates: the benchmark
+    full = run(SceneGraphEvaluator(TEST, cfg, head_min=1, tail_max=1))["sgg"]
+    for key in ("ngR@1", "ngR@2", "ngR@4", "ng-mR@4", "ng-zR@4"):
+        assert full[key] == pytest.approx(EXPECTED[key]), key
+    cfg.TEST.RELATION.NO_GRAPH_PREDICATES_PER_PAIR = 1  # one per pair: the graph constraint's
+    one = run(SceneGraphEvaluator(TEST, cfg, output_dir=str(tmp_path)))["sgg"]
+    for k in TOPK:
+        for ng, gc in (("ngR", "R"), ("ng-mR", "mR"), ("ng-zR", "zR")):
+            assert one[f"{ng}@{k}"] == pytest.approx(one[f"{gc}@{k}"]), (ng, k)
+    assert one["ngR@4"] == pytest.approx(100 * 5 / 6)  # "on" of (0, 1) is lost (full: 100)
+    saved = json.loads((tmp_path / "sgg_evaluation.json").read_text())
+    assert saved["settings"]["no_graph_predicates_per_pair"] == 1
+    # the argument overrides the cfg; more than P per pair is refused
+    assert run(SceneGraphEvaluator(TEST, cfg, no_graph_predicates_per_pair=0))["sgg"][
+        "ngR@4"
+    ] == pytest.approx(100.0)
+    cfg.TEST.RELATION.NO_GRAPH_PREDICATES_PER_PAIR = P + 1
+    with pytest.raises(ConfigValueError, match=r"NO_GRAPH_PREDICATES_PER_PAIR must lie in 0..50"):
+        SceneGraphEvaluator(TEST, cfg)
+
+
+def test_logged_tables_are_in_percent(caplog):
+    with caplog.at_level(logging.INFO, logger="sgg.evaluation.evaluator"):
+        run(make())
+    lines = "\n".join(r.getMessage() for r in caplog.records).splitlines()
+
+    def cells(label):
+        rows = [line.split("|") for line in lines if line.startswith("|")]
+        return [float(c) for c in next(r for r in rows if r[1].strip() == label)[2:-1]]
+
+    r_at = [EXPECTED.get(f"R@{k}", EXPECTED["R@100"]) for k in TOPK]  # R@50 = R@100
+    assert cells("R") == pytest.approx(r_at, abs=0.005)
+    # "on": 0 in training, in 2 images, R@1 = mean(0, 100) (image 12 at rank 0), ..., ngR@100 100
+    assert cells(f"pred{ON}") == [0, 2, 50, 50, 50, 50, 50, 100]
 
 
 def test_iou_convention_through_the_evaluator(monkeypatch):
@@ -228,14 +299,16 @@ def test_bad_outputs_have_clear_errors():
 def test_bad_dataset_has_clear_errors():
     DatasetCatalog.register("sgg_eval_tiny_bad", lambda: [record(1, [0, 1], [(0, 1, 51)])])
     try:
-        with pytest.raises(ConfigValueError, match="image 1 has predicate ids outside 1..50"):
-            SceneGraphEvaluator("sgg_eval_tiny_bad", num_predicates=P)
+        with pytest.raises(ConfigValueError, match=r"image 1: predicate ids relations\[:, 2\] lie"):
+            SceneGraphEvaluator("sgg_eval_tiny_bad", num_predicates=P, num_classes=C)
         with pytest.raises(ConfigKeyError, match="no predicate_classes"):
             SceneGraphEvaluator("sgg_eval_tiny_bad")
+        with pytest.raises(ConfigKeyError, match="no thing_classes; pass num_classes or a cfg"):
+            SceneGraphEvaluator("sgg_eval_tiny_bad", num_predicates=P)
         DatasetCatalog.remove("sgg_eval_tiny_bad")
         DatasetCatalog.register("sgg_eval_tiny_bad", lambda: [record(1, [0], [])] * 2)
         with pytest.raises(ConfigValueError, match="image_id 1 occurs twice"):
-            SceneGraphEvaluator("sgg_eval_tiny_bad", num_predicates=P)
+            SceneGraphEvaluator("sgg_eval_tiny_bad", num_predicates=P, num_classes=C)
     finally:
         DatasetCatalog.remove("sgg_eval_tiny_bad")
         MetadataCatalog.pop("sgg_eval_tiny_bad", None)
@@ -254,6 +327,7 @@ def test_benchmark_tool_smoke(tmp_path):
     result = tool.main(["--num-images", "30", "--num-train-images", "30", "--json", str(out)])
     assert out.read_text() == json.dumps(result, indent=2) + "\n"
     assert result["num_images"] == 30 and result["images_per_s"] > 0
+    assert result["metrics_unit"] == "percent"
     metrics = result["metrics"]
     assert 0 < metrics["R@20"] <= metrics["R@100"] < 100
     for name in (tool.TEST, tool.TRAIN):

@@ -1,4 +1,6 @@
-"""Scene-graph metrics on hand-built toy graphs (spec 6.2) and against a loop reference."""
+"""Scene-graph metrics on hand-built toy graphs (spec 6.2) and against a loop reference.
+
+Every recall is in percent (0-100), as the metric functions return them."""
 
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ def toy_boxes(n):
     return np.array([[60.0 * i, 0.0, 60.0 * i + 49, 49.0] for i in range(n)])
 
 
-def predcls(gt_rels, probs, num_objs=3, pairs=None):
+def predcls(gt_rels, probs, num_objs=3, pairs=None, **match_kwargs):
     """Match a PredCls image: GT boxes/labels as predictions, ``probs[(s, o)] = {pred: p}``.
 
     Every ordered pair (or ``pairs``) gets a (P + 1) score row; the background takes the rest.
@@ -41,7 +43,9 @@ def predcls(gt_rels, probs, num_objs=3, pairs=None):
         for p, v in probs.get((int(s), int(o)), {}).items():
             scores[i, p] = v
     scores[:, 0] = 1 - scores.sum(1)
-    return match_image(boxes, labels, gt_rels, boxes, labels, np.ones(num_objs), pairs, scores)
+    return match_image(
+        boxes, labels, gt_rels, boxes, labels, np.ones(num_objs), pairs, scores, **match_kwargs
+    )
 
 
 def recalls_of(gt_rels, matches, topk, num_predicates=P, zeroshot=None):
@@ -58,13 +62,13 @@ def test_toy_predcls_image():
     np.testing.assert_array_equal(m.rank, [0, 1, NO_MATCH])
     np.testing.assert_array_equal(m.ng_rank, [0, 1, 3])
     r = recalls_of([TOY_GT], [m], topk=(1, 2, 3, 4, 20, 100)).scalars
-    assert r["R@1"] == pytest.approx(1 / 3)
+    assert r["R@1"] == pytest.approx(100 / 3)
     for k in (2, 3, 4, 20, 100):  # "on" of pair (0, 1) is never retrieved with graph constraint
-        assert r[f"R@{k}"] == pytest.approx(2 / 3)
-    assert r["ngR@2"] == pytest.approx(2 / 3) and r["ngR@3"] == pytest.approx(2 / 3)
-    assert r["ngR@4"] == pytest.approx(1.0)
-    assert r["mR@2"] == pytest.approx(0.04)  # (1 + 1 + 0) / 50
-    assert r["ng-mR@4"] == pytest.approx(0.06)
+        assert r[f"R@{k}"] == pytest.approx(200 / 3)
+    assert r["ngR@2"] == pytest.approx(200 / 3) and r["ngR@3"] == pytest.approx(200 / 3)
+    assert r["ngR@4"] == pytest.approx(100.0)
+    assert r["mR@2"] == pytest.approx(4.0)  # 100 * (1 + 1 + 0) / 50
+    assert r["ng-mR@4"] == pytest.approx(6.0)
 
 
 def test_image_averaged_not_pooled_mean_recall():
@@ -72,10 +76,11 @@ def test_image_averaged_not_pooled_mean_recall():
     a = ImageMatches(np.array([0, NO_MATCH], np.int32), np.array([0, NO_MATCH], np.int32))
     b = ImageMatches(np.array([3], np.int32), np.array([3], np.int32))
     res = recalls_of([[(0, 1, 1), (1, 0, 1)], [(0, 1, 1)]], [a, b], topk=(5,), num_predicates=1)
-    assert res.scalars["mR@5"] == pytest.approx(0.75)  # pooled counts would give 2/3
-    assert res.scalars["R@5"] == pytest.approx(0.75)
+    assert res.scalars["mR@5"] == pytest.approx(75.0)  # pooled counts would give 66.7
+    assert res.scalars["R@5"] == pytest.approx(75.0)
+    np.testing.assert_allclose(res.per_predicate["mR@5"], [75.0])
     res50 = recalls_of([[(0, 1, 1), (1, 0, 1)], [(0, 1, 1)]], [a, b], topk=(5,))
-    assert res50.scalars["mR@5"] == pytest.approx(0.75 / 50)
+    assert res50.scalars["mR@5"] == pytest.approx(75.0 / 50)
     np.testing.assert_array_equal(res50.predicate_images[:2], [2, 0])
 
 
@@ -123,15 +128,15 @@ def test_two_predictions_matching_one_gt_count_once():
     m = match_image(gt_boxes, np.array([0, 1]), gt_rels, pred_boxes, np.array([0, 0, 1]),
                     np.ones(3), np.array([[0, 2], [1, 2]]), scores)  # fmt: skip
     np.testing.assert_array_equal(m.rank, [0, NO_MATCH])  # both predictions match GT 0
-    assert recalls_of([gt_rels], [m], topk=(2,)).scalars["R@2"] == pytest.approx(0.5)
+    assert recalls_of([gt_rels], [m], topk=(2,)).scalars["R@2"] == pytest.approx(50.0)
 
 
 def test_no_graph_recall_can_be_below_graph_recall():
     # pair A (0, 1): 0.50 / 0.49 on wrong predicates; pair B (1, 2): its only GT predicate 0.47
     m = predcls([(1, 2, 3)], {(0, 1): {1: 0.50, 2: 0.49}, (1, 2): {3: 0.47}})
     r = recalls_of([[(1, 2, 3)]], [m], topk=(2, 3)).scalars
-    assert r["R@2"] == 1.0 and r["ngR@2"] == 0.0
-    assert r["ngR@3"] == 1.0
+    assert r["R@2"] == 100.0 and r["ngR@2"] == 0.0
+    assert r["ngR@3"] == 100.0
 
 
 def _synthetic(num_images, seed=0):
@@ -160,7 +165,7 @@ def test_recalls_monotone_in_k_and_bounded():
     res = recalls_of([gt[2] for gt, _ in data], matches, topk).scalars
     for family in ("R", "ngR", "mR", "ng-mR"):
         values = np.array([res[f"{family}@{k}"] for k in topk])
-        assert np.all(np.diff(values) >= 0) and values.min() >= 0 and values.max() <= 1
+        assert np.all(np.diff(values) >= 0) and values.min() >= 0 and values.max() <= 100
         assert values[-1] > values[0]  # not trivially constant
 
 
@@ -204,12 +209,12 @@ def test_vectorised_matching_equals_loop_reference():
         for name, triplets in (("R", gc), ("ngR", ng)):
             p2g = _reference_pred_to_gt(gt, pred, triplets)
             for k in topk:
-                ref[f"{name}@{k}"].append(len(set().union(*p2g[:k])) / len(gt[2]))
+                ref[f"{name}@{k}"].append(100 * len(set().union(*p2g[:k])) / len(gt[2]))
         matches.append(match_image(*gt, *pred))
     res = recalls_of([gt[2] for gt, _ in data], matches, topk).scalars
     for key, per_image in ref.items():
-        assert res[key] == pytest.approx(np.mean(per_image), abs=1e-12), key
-    assert 0.05 < res["R@100"] < 0.95  # the synthetic data exercises hits and misses
+        assert res[key] == pytest.approx(np.mean(per_image), abs=1e-10), key
+    assert 5 < res["R@100"] < 95  # the synthetic data exercises hits and misses
 
 
 def test_oracles():
@@ -217,8 +222,8 @@ def test_oracles():
     gt = [(0, 1, 4), (0, 1, 9), (2, 0, 7)]
     probs = {(0, 1): {4: 0.5, 9: 0.45}, (2, 0): {7: 0.9}, (1, 2): {3: 0.2}}
     r = recalls_of([gt], [predcls(gt, probs, num_objs=4)], topk=(100,)).scalars
-    assert r["R@100"] == pytest.approx(2 / 3)  # distinct GT pairs / GT relations
-    assert r["ngR@100"] == pytest.approx(1.0)  # every GT (pair, predicate) above the rest
+    assert r["R@100"] == pytest.approx(200 / 3)  # distinct GT pairs / GT relations
+    assert r["ngR@100"] == pytest.approx(100.0)  # every GT (pair, predicate) above the rest
 
 
 def test_top_indices_is_stable_argsort():
@@ -252,8 +257,8 @@ def test_zero_shot_recall_on_hand_built_split():
     mk = lambda r: ImageMatches(np.array(r, np.int32), np.array(r, np.int32))  # noqa: E731
     matches = [mk([NO_MATCH, 0]), mk([0]), mk([NO_MATCH])]
     res = recalls_of(gts, matches, topk=(10,), zeroshot=zs)
-    assert res.scalars["zR@10"] == pytest.approx(0.5)  # mean over images A, C
-    assert res.scalars["ng-zR@10"] == pytest.approx(0.5)
+    assert res.scalars["zR@10"] == pytest.approx(50.0)  # mean over images A, C
+    assert res.scalars["ng-zR@10"] == pytest.approx(50.0)
     assert res.num_zeroshot_images == 2
     none = recalls_of(gts[1:2], matches[1:2], topk=(10,), zeroshot=zs[1:2])
     assert np.isnan(none.scalars["zR@10"]) and none.num_zeroshot_images == 0
@@ -265,9 +270,9 @@ def test_head_body_tail_groups():
     assert groups["head"].tolist() == [1, 3]
     assert groups["body"].tolist() == [2, 4]
     assert groups["tail"].tolist() == [5, 6]
-    per_pred = {"mR@20": np.array([0.2, 0.4, 0.6, 0.8, 1.0, 0.0]), "ng-mR@20": np.zeros(6)}
-    g = group_mean_recalls(per_pred, groups)
-    assert g == pytest.approx({"mR@20_head": 0.4, "mR@20_body": 0.6, "mR@20_tail": 0.5})
+    per_pred = {"mR@20": np.array([20.0, 40, 60, 80, 100, 0]), "ng-mR@20": np.zeros(6)}
+    g = group_mean_recalls(per_pred, groups)  # percent in, percent out
+    assert g == pytest.approx({"mR@20_head": 40.0, "mR@20_body": 60.0, "mR@20_tail": 50.0})
     empty = group_mean_recalls(per_pred, predicate_groups(counts, 10**6, 0))
     assert np.isnan(empty["mR@20_head"]) and np.isnan(empty["mR@20_tail"])
     with pytest.raises(ConfigValueError, match="TAIL_MAX"):
@@ -278,9 +283,58 @@ def test_images_without_gt_must_be_skipped():
     empty = ImageMatches(np.zeros(0, np.int32), np.zeros(0, np.int32))
     with pytest.raises(ConfigValueError, match="skipped"):
         compute_recalls([np.zeros(0, np.int64)], [empty], P, (20,))
-    with pytest.raises(ConfigValueError, match="1..50"):
+    with pytest.raises(ConfigValueError, match=r"predicates lie in 51..51, expected 1..50"):
         compute_recalls([np.array([51])], [ImageMatches(*[np.zeros(1, np.int32)] * 2)], P, (20,))
     with pytest.raises(ConfigValueError, match="differ in size"):
         compute_recalls([np.array([1, 2])], [ImageMatches(*[np.zeros(1, np.int32)] * 2)], P, (20,))
     res = compute_recalls([], [], P, (20,))
     assert res.num_images == 0 and np.isnan(res.scalars["R@20"]) and np.isnan(res.scalars["mR@20"])
+
+
+def test_no_graph_candidate_count():
+    # the toy image's GT "on" of pair (0, 1) is the 4th no-graph candidate (rank 3)
+    for count, ng_rank in ((4, [0, 1, 3]), (3, [0, 1, NO_MATCH]), (2, [0, 1, NO_MATCH])):
+        m = predcls(TOY_GT, TOY_PROBS, num_candidates=count)
+        np.testing.assert_array_equal(m.ng_rank, ng_rank)
+        np.testing.assert_array_equal(m.rank, [0, 1, NO_MATCH])  # graph constraint unchanged
+    m = predcls(TOY_GT, TOY_PROBS, num_candidates=1)
+    np.testing.assert_array_equal(m.ng_rank, [0, NO_MATCH, NO_MATCH])
+
+
+def test_predicate_conventions_refused_by_the_pure_functions():
+    zero_based = [(0, 1, RIDING - 1), (0, 2, 0)]  # predicate ids shifted to 0-based
+    with pytest.raises(
+        ConfigValueError,
+        match=r"match_image: predicate ids gt_rels\[:, 2\] lie in 0..37, expected 1..50 "
+        r"\(50 predicate classes\); 0-based ids\?",
+    ):
+        predcls(zero_based, TOY_PROBS)
+    one = ImageMatches(*[np.zeros(2, np.int32)] * 2)
+    with pytest.raises(ConfigValueError, match=r"compute_recalls: .* lie in 0..37, expected 1..50"):
+        compute_recalls([np.array([37, 0])], [one], P, (20,))
+    train = [(np.array([0, 1]), np.array([[0, 1, 5], [1, 0, 51]]))]
+    with pytest.raises(
+        ConfigValueError, match=r"training relations\[:, 2\] lie in 5..51, expected 1..50"
+    ):
+        TrainStatistics.from_graphs(train, P)
+
+
+def test_no_graph_predicates_per_pair():
+    gt = [(0, 1, RIDING), (0, 1, HAS)]
+    probs = {(0, 1): {RIDING: 0.5, ON: 0.3, HAS: 0.15}, (0, 2): {WEARING: 0.02}}
+    for per_pair, ng_rank in ((0, [0, 2]), (3, [0, 2]), (2, [0, NO_MATCH]), (1, [0, NO_MATCH])):
+        m = predcls(gt, probs, predicates_per_pair=per_pair)
+        np.testing.assert_array_equal(m.ng_rank, ng_rank, err_msg=f"{per_pair} per pair")
+        np.testing.assert_array_equal(m.rank, [0, NO_MATCH])
+
+
+def test_one_predicate_per_pair_is_the_graph_constrained_ranking():
+    differs = 0
+    for gt, pred in _synthetic(20, seed=5):
+        full = match_image(*gt, *pred)
+        one = match_image(*gt, *pred, predicates_per_pair=1)
+        np.testing.assert_array_equal(one.ng_rank, full.rank)
+        every = match_image(*gt, *pred, predicates_per_pair=P)
+        np.testing.assert_array_equal(every.ng_rank, full.ng_rank)
+        differs += int((one.ng_rank != full.ng_rank).any())
+    assert differs > 0  # the count matters on this data

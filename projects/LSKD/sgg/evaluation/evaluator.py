@@ -3,7 +3,12 @@
 ``process`` matches each image's predicted scene graph to its GT relations right away and keeps
 only two small rank arrays per image (see :mod:`sgg.evaluation.matching`); ``evaluate`` gathers
 them on the main process and computes R@K, ngR@K, mR@K, ng-mR@K, zR@K, ng-zR@K, the trade-off
-summaries and the head/body/tail mR (see :mod:`sgg.evaluation.metrics`), in percent.
+summaries and the head/body/tail mR (see :mod:`sgg.evaluation.metrics`), all in percent (0-100).
+
+The class conventions are checked on the way in (:mod:`sgg.evaluation.labels`): object classes
+0..C-1 and predicate ids 1..P in the ground truth, the training split and the predictions, with C
+and P from the dataset's metadata; any other convention is refused, naming the input, the image,
+the field and both ranges, instead of silently scoring 0.
 """
 
 from __future__ import annotations
@@ -45,7 +50,14 @@ _DEFAULTS = {
     "IOU_PLUS_ONE": True,
     "HEAD_MIN": 10000,
     "TAIL_MAX": 500,
+    "NO_GRAPH_PREDICATES_PER_PAIR": 0,
 }
+NO_GRAPH_CANDIDATES = 100  # (pair, predicate) candidates ranked per image for ngR (the benchmark)
+# metrics that need the training statistics, and what each needs
+_NEEDS_STATISTICS = (
+    "zR@K and ng-zR@K need the (subject class, object class, predicate) triplets seen in training; "
+    "mR@K_head/body/tail need the training relations per predicate"
+)
 
 
 def _setting(cfg: Any, explicit: Any, key: str) -> Any:
@@ -57,14 +69,53 @@ def _setting(cfg: Any, explicit: Any, key: str) -> Any:
     return _DEFAULTS[key]
 
 
+def _class_count(
+    dataset_name: str, names: list, meta_key: str, explicit: int | None, cfg: Any, cfg_key: str,
+    arg_name: str,
+) -> int:  # fmt: skip
+    """C or P: ``explicit``, else ``len(names)`` (the metadata's class names), else
+    ``cfg.MODEL.ROI_RELATION_HEAD.<cfg_key>``; the metadata, when it has names, must agree with
+    the other two (a model of another class count, or another convention, would match nothing).
+    """
+    cfg_name = f"MODEL.ROI_RELATION_HEAD.{cfg_key}"
+    if explicit is not None:
+        count, source = int(explicit), f"the argument {arg_name}"
+    elif names:
+        count, source = len(names), f"metadata {meta_key}"
+    elif cfg is not None:
+        count, source = int(cfg.MODEL.ROI_RELATION_HEAD[cfg_key]), cfg_name
+    else:
+        raise ConfigKeyError(
+            f"SceneGraphEvaluator: metadata of '{dataset_name}' has no {meta_key}; "
+            f"pass {arg_name} or a cfg"
+        )
+    if count < 1:
+        raise ConfigValueError(f"SceneGraphEvaluator: {source} must be positive: {count}")
+    if names and len(names) != count:
+        raise ConfigValueError(
+            f"SceneGraphEvaluator: '{dataset_name}' has {len(names)} {meta_key} but {count} are "
+            f"evaluated ({source})"
+        )
+    if explicit is None and cfg is not None and names:
+        model = int(cfg.MODEL.ROI_RELATION_HEAD[cfg_key])
+        if model != len(names):
+            raise ConfigValueError(
+                f"SceneGraphEvaluator: {cfg_name} is {model} but '{dataset_name}' has "
+                f"{len(names)} {meta_key}: the model's classes and the dataset's do not match"
+            )
+    return count
+
+
 class SceneGraphEvaluator(DatasetEvaluator):
     """Scene-graph recalls of a relation model on a registered scene-graph dataset.
 
     The GT comes from ``DatasetCatalog.get(dataset_name)`` (original pixel boxes, all relations),
     keyed by ``image_id``; the training statistics (seen triplets for zR, predicate counts for the
     head/body/tail groups) from the dataset named by the metadata's ``sgg_train_dataset`` or by
-    ``train_dataset``; without one, zR and the groups are not reported. Images without GT
-    relations are skipped, and so are images without predicted pairs (the benchmark's rule).
+    ``train_dataset``; without one, zR and the groups are not reported (a warning per
+    evaluation says so, and ``sgg_evaluation.json`` lists them under ``"not_reported"``). Images
+    without GT relations are skipped, and so are images without predicted pairs (the benchmark's
+    rule). Every metric is in percent (0-100).
     """
 
     def __init__(
@@ -77,7 +128,9 @@ class SceneGraphEvaluator(DatasetEvaluator):
         iou_plus_one: bool | None = None,
         head_min: int | None = None,
         tail_max: int | None = None,
+        no_graph_predicates_per_pair: int | None = None,
         num_predicates: int | None = None,
+        num_classes: int | None = None,
         train_dataset: str | None = None,
         output_dir: str | None = None,
         distributed: bool = True,
@@ -92,8 +145,17 @@ class SceneGraphEvaluator(DatasetEvaluator):
             iou_plus_one: +1-pixel IoU convention (TEST.RELATION.IOU_PLUS_ONE).
             head_min, tail_max: predicate groups by training count (TEST.RELATION.HEAD_MIN /
                 TAIL_MAX): head > head_min, tail < tail_max, body otherwise.
+            no_graph_predicates_per_pair: the candidate predicates of each pair (its best)
+                for ngR@K, ng-mR@K and ng-zR@K; 0 = all P, the benchmark's
+                (TEST.RELATION.NO_GRAPH_PREDICATES_PER_PAIR). The best 100 (pair, predicate)
+                candidates of an image are ranked, as in the benchmark.
             num_predicates: P; default: the metadata's ``predicate_classes``, else
-                ``cfg.MODEL.ROI_RELATION_HEAD.NUM_PREDICATES``.
+                ``cfg.MODEL.ROI_RELATION_HEAD.NUM_PREDICATES``. GT and training predicate ids
+                must lie in 1..P, ``rel_scores`` have P + 1 columns.
+            num_classes: C; default: the metadata's ``thing_classes``, else
+                ``cfg.MODEL.ROI_RELATION_HEAD.NUM_CLASSES``. GT, training and predicted object
+                classes must lie in 0..C-1. With a cfg, its class counts must equal the
+                metadata's.
             train_dataset: the training split for the statistics; default: the metadata's
                 ``sgg_train_dataset``.
             output_dir: where ``sgg_evaluation.json`` is written (None: not written).
@@ -112,6 +174,14 @@ class SceneGraphEvaluator(DatasetEvaluator):
         self._iou_plus_one = bool(_setting(cfg, iou_plus_one, "IOU_PLUS_ONE"))
         self._head_min = int(_setting(cfg, head_min, "HEAD_MIN"))
         self._tail_max = int(_setting(cfg, tail_max, "TAIL_MAX"))
+        per_pair = _setting(cfg, no_graph_predicates_per_pair, "NO_GRAPH_PREDICATES_PER_PAIR")
+        self._ng_per_pair = int(per_pair)
+        if max(self._topk) > NO_GRAPH_CANDIDATES:
+            self._logger.warning(
+                f"TEST.RELATION.TOPK {self._topk}: ngR@K, ng-mR@K and ng-zR@K for K above "
+                f"{NO_GRAPH_CANDIDATES} equal those @{NO_GRAPH_CANDIDATES} (the benchmark ranks "
+                f"{NO_GRAPH_CANDIDATES} no-graph-constraint candidates per image)"
+            )
         self._output_dir = output_dir
         self._distributed = distributed
 
@@ -119,24 +189,27 @@ class SceneGraphEvaluator(DatasetEvaluator):
         names = list(meta.get("predicate_classes", []))
         if names and names[0] in ("__background__", "background"):
             names = names[1:]
-        if num_predicates is None:
-            if names:
-                num_predicates = len(names)
-            elif cfg is not None:
-                num_predicates = cfg.MODEL.ROI_RELATION_HEAD.NUM_PREDICATES
-            else:
-                raise ConfigKeyError(
-                    f"SceneGraphEvaluator: metadata of '{dataset_name}' has no predicate_classes; "
-                    "pass num_predicates or a cfg"
-                )
-        self._num_predicates = int(num_predicates)
-        if names and len(names) != self._num_predicates:
+        self._num_predicates = _class_count(
+            dataset_name, names, "predicate_classes", num_predicates, cfg, "NUM_PREDICATES",
+            "num_predicates",
+        )  # fmt: skip
+        self._num_classes = _class_count(
+            dataset_name, list(meta.get("thing_classes", [])), "thing_classes", num_classes, cfg,
+            "NUM_CLASSES", "num_classes",
+        )  # fmt: skip
+        if not 0 <= self._ng_per_pair <= self._num_predicates:
             raise ConfigValueError(
-                f"SceneGraphEvaluator: '{dataset_name}' has {len(names)} predicate_classes but "
-                f"{self._num_predicates} predicates are evaluated"
+                f"TEST.RELATION.NO_GRAPH_PREDICATES_PER_PAIR must lie in 0..{self._num_predicates}"
+                f" (candidate predicates per pair; 0 = all, the benchmark): {self._ng_per_pair}"
             )
         self._predicate_names = names or [str(i) for i in range(1, self._num_predicates + 1)]
         self._train_dataset = train_dataset or meta.get("sgg_train_dataset", None)
+        if self._train_dataset and self._train_dataset not in DatasetCatalog.list():
+            how = "train_dataset" if train_dataset else f"'{dataset_name}' sgg_train_dataset"
+            raise ConfigKeyError(
+                f"SceneGraphEvaluator: the training split '{self._train_dataset}' ({how}) is not "
+                "a registered dataset"
+            )
         self._gt = self._load_gt(dataset_name)
         self._stats: TrainStatistics | None = None
         self.reset()
@@ -147,7 +220,9 @@ class SceneGraphEvaluator(DatasetEvaluator):
             image_id = record["image_id"]
             if image_id in gt:
                 raise ConfigValueError(f"{dataset_name}: image_id {image_id} occurs twice")
-            gt[image_id] = gt_from_dataset_dict(record, self._num_predicates, dataset_name)
+            gt[image_id] = gt_from_dataset_dict(
+                record, self._num_predicates, dataset_name, num_classes=self._num_classes
+            )
         return gt
 
     def reset(self) -> None:
@@ -167,7 +242,9 @@ class SceneGraphEvaluator(DatasetEvaluator):
             if len(gt.relations) == 0:
                 self._num_no_relations += 1
                 continue
-            pred = prediction_from_output(out, self._num_predicates, image_id)
+            pred = prediction_from_output(
+                out, self._num_predicates, image_id, num_classes=self._num_classes
+            )
             if len(pred.pair_idxs) == 0:
                 self._records.append((image_id, None))
                 continue
@@ -181,22 +258,33 @@ class SceneGraphEvaluator(DatasetEvaluator):
                 pred.pair_idxs,
                 pred.rel_scores,
                 max_k=max(self._topk),
+                num_candidates=NO_GRAPH_CANDIDATES,
+                predicates_per_pair=self._ng_per_pair,
                 iou_threshold=self._iou_threshold,
                 iou_plus_one=self._iou_plus_one,
             )
             self._records.append((image_id, matches))
 
     def _train_statistics(self) -> TrainStatistics | None:
-        """Seen triplets and predicate counts of the training split, loaded once."""
+        """Seen triplets and predicate counts of the training split (checked), loaded once."""
         if self._stats is None and self._train_dataset:
-            graphs = map(graph_from_dataset_dict, DatasetCatalog.get(self._train_dataset))
-            self._stats = TrainStatistics.from_graphs(graphs, self._num_predicates)
-        if self._stats is None:
-            self._logger.warning(
-                f"No training split for '{self._dataset_name}' (metadata sgg_train_dataset): "
-                "zR and head/body/tail mR are not reported."
+            where = f"training split '{self._train_dataset}'"
+            graphs = (
+                graph_from_dataset_dict(r, self._num_classes, self._num_predicates, where)
+                for r in DatasetCatalog.get(self._train_dataset)
             )
+            self._stats = TrainStatistics.from_graphs(graphs, self._num_predicates)
         return self._stats
+
+    def _not_reported_reason(self) -> str:
+        """Why zR and the head/body/tail groups are missing, and how to get them."""
+        return (
+            f"SceneGraphEvaluator: zR@K, ng-zR@K and mR@K_head/body/tail of "
+            f"'{self._dataset_name}' are not reported: no training split is known, and "
+            f"{_NEEDS_STATISTICS}. Register the training split and set "
+            f"MetadataCatalog.get('{self._dataset_name}').sgg_train_dataset to its name, or pass "
+            "train_dataset= to SceneGraphEvaluator."
+        )
 
     def evaluate(self) -> dict[str, dict[str, float]]:
         """Gather, compute the metrics (percent), log them, write the JSON; ``{"sgg": {...}}``."""
@@ -222,6 +310,10 @@ class SceneGraphEvaluator(DatasetEvaluator):
         num_no_pred = len(unique) - len(matched)
         rels = [self._gt[i].relations for i in matched]
         stats = self._train_statistics()
+        not_reported = None
+        if stats is None:
+            not_reported = self._not_reported_reason()
+            self._logger.warning(not_reported)
         zeroshot = None
         if stats is not None:
             keys = [triplet_keys(self._gt[i].labels, r) for i, r in zip(matched, rels)]
@@ -231,13 +323,12 @@ class SceneGraphEvaluator(DatasetEvaluator):
             zeroshot,
         )  # fmt: skip
 
-        metrics = {k: 100.0 * v for k, v in recalls.scalars.items()}
+        metrics = dict(recalls.scalars)
         metrics.update(summary_metrics(metrics, self._topk))
         groups = None
         if stats is not None:
             groups = predicate_groups(stats.predicate_counts, self._head_min, self._tail_max)
-            grouped = group_mean_recalls(recalls.per_predicate, groups)
-            metrics.update({k: 100.0 * v for k, v in grouped.items()})
+            metrics.update(group_mean_recalls(recalls.per_predicate, groups))
 
         counts = {
             "num_images": recalls.num_images,
@@ -246,17 +337,17 @@ class SceneGraphEvaluator(DatasetEvaluator):
             "num_zeroshot_images": recalls.num_zeroshot_images,
         }
         train_counts = None if stats is None else stats.predicate_counts[1:]
-        self._logger.info(
-            f"Scene-graph evaluation of '{self._dataset_name}' ({counts}):\n"
-            + format_tables(metrics, recalls, self._topk, self._predicate_names, train_counts)
-        )
+        text = format_tables(metrics, recalls, self._topk, self._predicate_names, train_counts)
+        if not_reported:
+            text += "\nzR, ng-zR and head/body/tail mR: not reported (no training statistics)"
+        self._logger.info(f"Scene-graph evaluation of '{self._dataset_name}' ({counts}):\n{text}")
         if self._output_dir:
-            self._write_json(metrics, recalls, counts, groups)
+            self._write_json(metrics, recalls, counts, groups, not_reported)
         return {"sgg": metrics}
 
-    def _write_json(self, metrics, recalls, counts, groups) -> None:
+    def _write_json(self, metrics, recalls, counts, groups, not_reported) -> None:
         per_predicate = {
-            name: {k: 100.0 * float(v[i]) for k, v in recalls.per_predicate.items()}
+            name: {k: float(v[i]) for k, v in recalls.per_predicate.items()}
             for i, name in enumerate(self._predicate_names)
         }
         settings = {
@@ -267,8 +358,23 @@ class SceneGraphEvaluator(DatasetEvaluator):
             "iou_plus_one": self._iou_plus_one,
             "head_min": self._head_min,
             "tail_max": self._tail_max,
+            "no_graph_predicates_per_pair": self._ng_per_pair,
+            "no_graph_candidates": NO_GRAPH_CANDIDATES,
+            "num_classes": self._num_classes,
+            "num_predicates": self._num_predicates,
         }
-        out = {"metrics": metrics, "per_predicate": per_predicate, **counts, "settings": settings}
+        out = {
+            "unit": "percent",
+            "metrics": metrics,
+            "per_predicate": per_predicate,
+            **counts,
+            "settings": settings,
+        }
+        if not_reported:
+            out["not_reported"] = {
+                "metrics": ["zR@K", "ng-zR@K", "mR@K_head", "mR@K_body", "mR@K_tail"],
+                "reason": not_reported,
+            }
         if groups is not None:
             out["groups"] = {
                 g: [self._predicate_names[i - 1] for i in ids] for g, ids in groups.items()

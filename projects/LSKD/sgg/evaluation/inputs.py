@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from detectron2.structures import BoxMode
 
-from distill.errors import ConfigKeyError, ConfigValueError
+from distill.errors import ConfigKeyError, ConfigValueError, InvalidDataError
+from sgg.evaluation.labels import check_object_labels, check_predicate_ids, range_text
 
 
 class ImageGT(NamedTuple):
@@ -41,13 +42,31 @@ class ImagePrediction(NamedTuple):
     rel_scores: np.ndarray  # (M, P + 1), column 0 = background
 
 
-def gt_from_dataset_dict(record: dict[str, Any], num_predicates: int, where: str) -> ImageGT:
+def check_graph(
+    labels: np.ndarray, relations: np.ndarray, num_classes: int, num_predicates: int, where: str
+) -> None:
+    """Check one image's annotated graph: classes 0..C-1, relation indices into its N objects,
+    predicate ids 1..P; errors name ``where`` and the field."""
+    check_object_labels(labels, num_classes, where, "annotations[*].category_id")
+    n = len(labels)
+    if len(relations) and (relations[:, :2].min() < 0 or relations[:, :2].max() >= n):
+        raise InvalidDataError(
+            f"{where}: relation object indices relations[:, :2] lie in "
+            f"{range_text(relations[:, :2])}, expected 0..{n - 1} (its {n} annotations)"
+        )
+    check_predicate_ids(relations[:, 2], num_predicates, where, "relations[:, 2]")
+
+
+def gt_from_dataset_dict(
+    record: dict[str, Any], num_predicates: int, where: str, *, num_classes: int
+) -> ImageGT:
     """Convert and check one dataset dict.
 
     Args:
         record: a dataset dict with ``"annotations"`` and ``"relations"``.
         num_predicates: P; predicate ids must lie in 1..P.
         where: the dataset name, for error messages.
+        num_classes: C; object classes (``category_id``) must lie in 0..C-1.
     """
     image_id = record.get("image_id")
     if "relations" not in record:
@@ -62,25 +81,31 @@ def gt_from_dataset_dict(record: dict[str, Any], num_predicates: int, where: str
         boxes[i] = BoxMode.convert(list(ann["bbox"]), mode, BoxMode.XYXY_ABS)
     labels = np.array([ann["category_id"] for ann in anns], dtype=np.int64)
     rels = np.asarray(record["relations"], dtype=np.int64).reshape(-1, 3)
-    if len(rels) and (rels[:, :2].min() < 0 or rels[:, :2].max() >= len(anns)):
-        raise ConfigValueError(
-            f"{where}: image {image_id} has relation indices outside 0..{len(anns) - 1}"
-        )
-    if len(rels) and (rels[:, 2].min() < 1 or rels[:, 2].max() > num_predicates):
-        raise ConfigValueError(
-            f"{where}: image {image_id} has predicate ids outside 1..{num_predicates}"
-        )
+    image = f"SceneGraphEvaluator: ground truth of '{where}', image {image_id}"
+    check_graph(labels, rels, num_classes, num_predicates, image)
     return ImageGT(boxes, labels, rels)
 
 
-def graph_from_dataset_dict(record: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """(N,) int64 object classes and (R, 3) int64 relations of a dataset dict (no checks)."""
+def graph_from_dataset_dict(
+    record: dict[str, Any],
+    num_classes: int | None = None,
+    num_predicates: int | None = None,
+    where: str = "",
+) -> tuple[np.ndarray, np.ndarray]:
+    """(N,) int64 object classes and (R, 3) int64 relations of a dataset dict.
+
+    With ``num_classes`` and ``num_predicates``, checked as :func:`check_graph` (errors name
+    ``where``, e.g. the training split, and the image id); without them, not checked.
+    """
     labels = np.array([a["category_id"] for a in record.get("annotations", [])], np.int64)
     rels = np.asarray(record.get("relations", np.zeros((0, 3))), np.int64).reshape(-1, 3)
+    if num_classes is not None and num_predicates is not None:
+        image = f"SceneGraphEvaluator: {where}, image {record.get('image_id')}"
+        check_graph(labels, rels, num_classes, num_predicates, image)
     return labels, rels
 
 
-def _array(value: Any, name: str, shape: tuple, image_id: Any) -> np.ndarray:
+def _array(value: Any, name: str, shape: tuple, image_id: Any, hint: str = "") -> np.ndarray:
     """``value`` as numpy, checking its rank and the sizes given in ``shape`` (None = any)."""
     if isinstance(value, torch.Tensor):
         value = value.detach().cpu().numpy()
@@ -93,21 +118,23 @@ def _array(value: Any, name: str, shape: tuple, image_id: Any) -> np.ndarray:
         want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
         raise ConfigValueError(
             f"SceneGraphEvaluator: image {image_id}: '{name}' has shape {tuple(value.shape)}, "
-            f"expected {want}"
+            f"expected {want}{hint}"
         )
     return value
 
 
 def prediction_from_output(
-    output: dict[str, Any], num_predicates: int, image_id: Any
+    output: dict[str, Any], num_predicates: int, image_id: Any, *, num_classes: int
 ) -> ImagePrediction:
     """Convert and check one model output (moves tensors to CPU numpy).
 
     Args:
         output: ``{"instances": Instances with pred_boxes (K, 4), scores (K,), pred_classes
-            (K,); "rel_pair_idxs": (M, 2) long; "rel_scores": (M, P + 1)}``.
+            (K,) in 0..C-1; "rel_pair_idxs": (M, 2) long; "rel_scores": (M, P + 1), column 0
+            the background, column p predicate id p}``.
         num_predicates: P.
         image_id: for error messages.
+        num_classes: C.
     """
     for key, what in (
         ("instances", "Instances with pred_boxes, scores, pred_classes"),
@@ -134,7 +161,13 @@ def prediction_from_output(
         labels=_array(inst.pred_classes, "instances.pred_classes", (n,), image_id).astype(np.int64),
         scores=_array(inst.scores, "instances.scores", (n,), image_id).astype(np.float64),
         pair_idxs=_array(output["rel_pair_idxs"], "rel_pair_idxs", (None, 2), image_id),
-        rel_scores=_array(output["rel_scores"], "rel_scores", (None, num_predicates + 1), image_id),
+        rel_scores=_array(
+            output["rel_scores"],
+            "rel_scores",
+            (None, num_predicates + 1),
+            image_id,
+            f" (column 0 the background, then the {num_predicates} predicate classes)",
+        ),  # fmt: skip
     )
     m = len(pred.pair_idxs)
     if len(pred.rel_scores) != m:
@@ -146,6 +179,8 @@ def prediction_from_output(
         raise ConfigValueError(
             f"SceneGraphEvaluator: image {image_id}: 'rel_pair_idxs' must index the {n} instances"
         )
+    where = f"SceneGraphEvaluator: prediction for image {image_id}"
+    check_object_labels(pred.labels, num_classes, where, "instances.pred_classes")
     if not np.isfinite(pred.rel_scores).all() or not np.isfinite(pred.scores).all():
         raise ConfigValueError(
             f"SceneGraphEvaluator: image {image_id}: 'rel_scores' or 'instances.scores' is not "

@@ -8,8 +8,11 @@ is retrieved in the top K exactly when ``rank[g] < K``. Two rankings are matched
 
 * graph constraint: one triplet per pair, its argmax foreground predicate, ranked by the triplet
   score ``max_p rel_scores[p] * score_subject * score_object``; the first ``max_k`` are kept;
-* no graph constraint: every (pair, predicate) candidate ranked by
-  ``rel_scores[p] * score_subject * score_object``; the first ``num_candidates`` (100) are kept.
+* no graph constraint: (pair, predicate) candidates ranked by
+  ``rel_scores[p] * score_subject * score_object``: every foreground predicate of every pair (the
+  benchmark), or each pair's best ``predicates_per_pair``
+  (``TEST.RELATION.NO_GRAPH_PREDICATES_PER_PAIR``); the first ``num_candidates`` (the
+  benchmark's 100) of the image are kept.
 
 Ties keep the input order (pairs in output order, then predicates by id), so results are
 deterministic.
@@ -20,6 +23,8 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
+
+from sgg.evaluation.labels import check_predicate_ids
 
 NO_MATCH = np.iinfo(np.int32).max  # rank of a GT triplet that no kept prediction matches
 
@@ -79,6 +84,37 @@ def top_indices(scores: np.ndarray, n: int) -> np.ndarray:
     return keep[np.argsort(-scores[keep], kind="stable")]
 
 
+def no_graph_candidates(
+    fg_scores: np.ndarray,
+    pair_scores: np.ndarray,
+    num_candidates: int,
+    predicates_per_pair: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ranked no-graph-constraint (pair, predicate) candidates of an image.
+
+    Args:
+        fg_scores: (M, P) foreground predicate scores (``rel_scores[:, 1:]``).
+        pair_scores: (M,) subject score x object score.
+        num_candidates: candidates kept, best first by ``fg_scores * pair_scores``.
+        predicates_per_pair: only each pair's best this many predicates compete (ties: lower
+            id, as the graph constraint's argmax); 0 or >= P = all.
+
+    Returns:
+        (T,) pair indices and (T,) predicate columns 0..P-1 (predicate id - 1), T <= num_candidates;
+        ties by pair, then predicate id.
+    """
+    scores = fg_scores * pair_scores[:, None]
+    num_preds = scores.shape[1]
+    if not 0 < predicates_per_pair < num_preds:
+        return np.divmod(top_indices(scores.ravel(), num_candidates), num_preds)
+    # per pair, its best predicates back in id order, so ties still break by (pair, id)
+    best = np.argsort(-fg_scores, axis=1, kind="stable")[:, :predicates_per_pair]
+    preds = np.sort(best, axis=1).ravel()
+    pairs = np.repeat(np.arange(len(scores)), predicates_per_pair)
+    keep = top_indices(scores[pairs, preds], num_candidates)
+    return pairs[keep], preds[keep]
+
+
 def _first_match_rank(
     cand_pairs: np.ndarray,
     cand_preds: np.ndarray,
@@ -117,12 +153,15 @@ def match_image(
     rel_scores: np.ndarray,
     max_k: int = 100,
     num_candidates: int = 100,
+    predicates_per_pair: int = 0,
     iou_threshold: float = 0.5,
     iou_plus_one: bool = True,
 ) -> ImageMatches:
     """Match one image's predicted scene graph to its GT relations.
 
-    Inputs are assumed valid (the evaluator checks the model outputs); all are numpy arrays.
+    Inputs are numpy arrays, assumed valid (the evaluator checks GT and model outputs, object
+    classes included); GT predicate ids outside 1..P are refused here too, since they would
+    silently never match.
 
     Args:
         gt_boxes: (N, 4) XYXY GT boxes, original pixels.
@@ -134,13 +173,17 @@ def match_image(
         pair_idxs: (M, 2) (subject, object) indices into the K predicted objects.
         rel_scores: (M, P + 1) predicate scores, column 0 = background (never predicted).
         max_k: graph-constrained triplets kept (the largest K of R@K).
-        num_candidates: (pair, predicate) candidates kept without graph constraint.
+        num_candidates: (pair, predicate) candidates kept without graph constraint, over all
+            pairs (the benchmark's 100; ngR@K for K above it equals ngR@num_candidates).
+        predicates_per_pair: no graph constraint: the candidate predicates of each pair, its
+            best ones; 0 (the benchmark) = all P. 1 gives the graph-constrained ranking.
         iou_threshold: subject and object IoU must both reach it.
         iou_plus_one: the +1-pixel IoU convention (see :func:`box_iou`).
 
     Returns:
         The :class:`ImageMatches` of the R GT relations.
     """
+    check_predicate_ids(gt_rels[:, 2], rel_scores.shape[1] - 1, "match_image", "gt_rels[:, 2]")
     if len(pair_idxs) == 0:  # the evaluator skips such images; here nothing is retrieved
         none = np.full(len(gt_rels), NO_MATCH, dtype=np.int32)
         return ImageMatches(none, none.copy())
@@ -155,7 +198,6 @@ def match_image(
     order = top_indices(triplet_scores, max_k)
     rank = _first_match_rank(order, best[order] + 1, pair_idxs, obj_ok, gt_rels)
 
-    flat = top_indices((fg * pair_scores[:, None]).ravel(), num_candidates)
-    ng_pairs, ng_preds = np.divmod(flat, fg.shape[1])
+    ng_pairs, ng_preds = no_graph_candidates(fg, pair_scores, num_candidates, predicates_per_pair)
     ng_rank = _first_match_rank(ng_pairs, ng_preds + 1, pair_idxs, obj_ok, gt_rels)
     return ImageMatches(rank, ng_rank)

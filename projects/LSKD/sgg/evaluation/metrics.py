@@ -12,8 +12,9 @@ For each K, with ``hit = rank < K`` per GT triplet (see :mod:`sgg.evaluation.mat
   ``F@K`` = 2 R@K mR@K / (R@K + mR@K);
 * ``mR@K_head/body/tail``: mean of the per-predicate recalls in each training-frequency group.
 
-Images must have at least one GT relation (the evaluator skips the others). Values are fractions
-in [0, 1]; the evaluator reports percent.
+Images must have at least one GT relation (the evaluator skips the others). Every recall, summary
+and group value that these functions return or accept is in **percent** (0-100), as the
+evaluator reports them.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from distill.errors import ConfigValueError
+from sgg.evaluation.labels import check_predicate_ids
 from sgg.evaluation.matching import ImageMatches
 
 GROUPS = ("head", "body", "tail")
@@ -34,10 +36,10 @@ class RecallResult:
     """Recalls of one evaluation.
 
     Attributes:
-        scalars: metric name (``"R@50"``, ``"ng-mR@100"``, ``"zR@20"``, ...) -> fraction; NaN
-            when no image qualifies (no images; no image with a zero-shot triplet).
-        per_predicate: ``"mR@K"`` / ``"ng-mR@K"`` -> (P,) recall of predicates 1..P (0 where
-            absent).
+        scalars: metric name (``"R@50"``, ``"ng-mR@100"``, ``"zR@20"``, ...) -> percent (0-100);
+            NaN when no image qualifies (no images; no image with a zero-shot triplet).
+        per_predicate: ``"mR@K"`` / ``"ng-mR@K"`` -> (P,) recall of predicates 1..P in percent
+            (0 where absent).
         predicate_images: (P,) number of evaluated images containing each predicate.
         num_images: images evaluated.
         num_zeroshot_images: images with at least one zero-shot GT triplet (0 without statistics).
@@ -67,7 +69,7 @@ def compute_recalls(
     topk: Sequence[int],
     zeroshot: Sequence[np.ndarray] | None = None,
 ) -> RecallResult:
-    """R@K, ngR@K, mR@K, ng-mR@K (and zR@K, ng-zR@K) over a set of images.
+    """R@K, ngR@K, mR@K, ng-mR@K (and zR@K, ng-zR@K) over a set of images, in percent.
 
     Args:
         predicates: per image, (R_i,) GT predicate ids 1..P, R_i >= 1.
@@ -77,7 +79,7 @@ def compute_recalls(
         zeroshot: per image, (R_i,) bool, True for GT triplets unseen in training; None = no zR.
 
     Returns:
-        The :class:`RecallResult`.
+        The :class:`RecallResult` (percent).
     """
     num_images = len(predicates)
     sizes = [len(p) for p in predicates]
@@ -91,8 +93,7 @@ def compute_recalls(
         return np.concatenate(arrays).astype(dtype) if num_images else np.zeros(0, dtype)
 
     pred = flat(predicates, np.int64)
-    if pred.size and (pred.min() < 1 or pred.max() > num_predicates):
-        raise ConfigValueError(f"compute_recalls: GT predicate ids must lie in 1..{num_predicates}")
+    check_predicate_ids(pred, num_predicates, "compute_recalls", "predicates")
     image = np.repeat(np.arange(num_images), sizes)
     ranks = {
         "": flat([m.rank for m in matches], np.int64),
@@ -111,16 +112,17 @@ def compute_recalls(
         for k in topk:
             hit = (rank < k).astype(np.float64)
             dash = "-" if prefix else ""
-            result.scalars[f"{prefix}R@{k}"] = _mean_per_image(image, hit, num_images)[0]
+            recall = _mean_per_image(image, hit, num_images)[0]
+            result.scalars[f"{prefix}R@{k}"] = 100.0 * recall
             cell_recall = np.bincount(cell_of, weights=hit, minlength=len(cells)) / cell_size
             sums = np.bincount(cell_pred, weights=cell_recall, minlength=num_predicates + 1)[1:]
             per_pred = np.where(images_per_pred > 0, sums / np.maximum(images_per_pred, 1), 0.0)
-            result.per_predicate[f"{prefix}{dash}mR@{k}"] = per_pred
+            result.per_predicate[f"{prefix}{dash}mR@{k}"] = 100.0 * per_pred
             mean_recall = per_pred.sum() / num_predicates if num_images else float("nan")
-            result.scalars[f"{prefix}{dash}mR@{k}"] = float(mean_recall)
+            result.scalars[f"{prefix}{dash}mR@{k}"] = 100.0 * float(mean_recall)
             if zs is not None:
                 zr, result.num_zeroshot_images = _mean_per_image(image[zs], hit[zs], num_images)
-                zero_shot[f"{prefix}{dash}zR@{k}"] = zr
+                zero_shot[f"{prefix}{dash}zR@{k}"] = 100.0 * zr
     result.scalars.update(zero_shot)
     return result
 
@@ -128,7 +130,12 @@ def compute_recalls(
 def summary_metrics(scalars: dict[str, float], topk: Sequence[int]) -> dict[str, float]:
     """Trade-off summaries of R and mR: ``Mean`` (needs K = 50 and 100), ``M@K``, ``F@K``.
 
-    Works on fractions or percent alike (all are homogeneous of degree 1).
+    Args:
+        scalars: ``R@K`` and ``mR@K`` in percent (as :func:`compute_recalls` returns them).
+        topk: the K values.
+
+    Returns:
+        Summary name -> percent.
     """
     out = {}
     if 50 in topk and 100 in topk:
@@ -170,7 +177,13 @@ def group_mean_recalls(
 ) -> dict[str, float]:
     """``mR@K_<group>``: the mean per-predicate recall (absent predicates 0) of each group.
 
-    Only the graph-constrained ``mR@K`` entries are grouped; an empty group gives NaN.
+    Args:
+        per_predicate: :attr:`RecallResult.per_predicate`, (P,) recalls in percent.
+        groups: :func:`predicate_groups`.
+
+    Returns:
+        ``"mR@K_head"`` etc. -> percent. Only the graph-constrained ``mR@K`` entries are grouped;
+        an empty group gives NaN.
     """
     out = {}
     for name, recalls in per_predicate.items():
@@ -214,10 +227,7 @@ class TrainStatistics:
         keys = [triplet_keys(labels, rels) for labels, rels in graphs]
         keys = np.concatenate(keys) if keys else np.zeros(0, np.int64)
         preds = keys & ((1 << 20) - 1)
-        if preds.size and (preds.min() < 1 or preds.max() > num_predicates):
-            raise ConfigValueError(
-                f"training relations have predicate ids outside 1..{num_predicates}"
-            )
+        check_predicate_ids(preds, num_predicates, "TrainStatistics", "training relations[:, 2]")
         counts = np.bincount(preds, minlength=num_predicates + 1)
         return cls(np.unique(keys), counts)
 

@@ -34,7 +34,7 @@ def format_tables(
 
     Args:
         metrics: metric name -> percent, as returned by the evaluator.
-        recalls: the :class:`RecallResult` (per-predicate recalls as fractions).
+        recalls: the :class:`RecallResult` (per-predicate recalls in percent).
         topk: the K values (columns).
         predicate_names: names of predicates 1..P.
         train_counts: (P,) training instances per predicate, or None.
@@ -55,9 +55,7 @@ def format_tables(
     for i, name in enumerate(predicate_names):
         count = "-" if train_counts is None else int(train_counts[i])
         images = int(recalls.predicate_images[i]) if recalls.predicate_images is not None else 0
-        rows.append(
-            [name, count, images] + [f"{100.0 * recalls.per_predicate[c][i]:.2f}" for c in columns]
-        )
+        rows.append([name, count, images] + [f"{recalls.per_predicate[c][i]:.2f}" for c in columns])
     text += "\nPer-predicate recall (percent; the mean over the images containing it):\n"
     text += tabulate(rows, headers=header, tablefmt="pipe", stralign="right")
     return text
