@@ -7,10 +7,13 @@ Differences from ``DefaultTrainer``:
   student parameters for some iterations (:mod:`distill.solver`);
 * DDP works on CPU (gloo) as well as GPU, and finds parameters left unused by a distiller that
   its schedule switched off;
-* the training data order is a function of ``SEED`` and the iteration, so a resumed run sees
-  the batches an uninterrupted run would have seen (exactly so without aspect-ratio grouping);
-* the optimizer state (momentum) and the dense detectors' loss normalizer are checkpointed with
-  the iteration and the LR schedule;
+* the training batches, their augmentations and the model's random choices are a function of the
+  run's seed and the iteration (:mod:`distill.data.resumable_loader`); with the optimizer state
+  (momentum), the dense detectors' loss normalizer, the iteration and the LR schedule in the
+  checkpoint, a resumed run continues exactly as the uninterrupted one;
+* weights are read without running code from the file (:mod:`distill.checkpoint`); ``--resume``
+  refuses a checkpoint of another model; checkpoints are written atomically;
+* a non-finite loss, gradient or weight stops the run at once (:mod:`distill.divergence`);
 * ``SOLVER.LR_SCHEDULER_NAME: WarmupReduceLROnPlateau`` lowers the LR when the periodic
   evaluation stalls (:mod:`distill.plateau`);
 * AMP is refused with a clear message where detectron2's AMPTrainer cannot run (no CUDA);
@@ -21,18 +24,15 @@ Differences from ``DefaultTrainer``:
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import weakref
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.data import build_detection_test_loader
 from detectron2.data.build import _train_loader_from_config
-from detectron2.data.samplers import TrainingSampler
-from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
-from detectron2.engine.hooks import EvalHook
+from detectron2.engine import DefaultTrainer, HookBase, TrainerBase
+from detectron2.engine.hooks import EvalHook, PeriodicCheckpointer
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
@@ -40,10 +40,17 @@ from detectron2.utils.logger import setup_logger
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from distill.checkpoint import check_local_weights
+from distill.checkpoint import SafeCheckpointer, check_local_weights
 from distill.compiled_ops import check_compiled_ops
 from distill.data.register import check_builtin_dataset_root
+from distill.data.resumable_loader import build_seeded_train_loader, seed_iteration
 from distill.data.tasks import configure_dataset_tasks, dataset_task
+from distill.divergence import (
+    CheckedAMPTrainer,
+    CheckedSimpleTrainer,
+    FiniteGradientCheck,
+    FiniteWeightsCheck,
+)
 from distill.errors import ConfigValueError
 from distill.plateau import SCHEDULER_NAME as PLATEAU_SCHEDULER
 from distill.plateau import ReduceLROnPlateau, build_plateau_scheduler
@@ -53,18 +60,6 @@ logger = logging.getLogger(__name__)
 
 # Training state that dense detectors keep as plain attributes (EMA of the positive-anchor count).
 RESUMABLE_MODEL_ATTRIBUTES = ("loss_normalizer",)
-
-
-class ResumableTrainingSampler(TrainingSampler):
-    """detectron2's infinite shuffled sampler, started ``start_sample`` samples (per rank) in."""
-
-    def __init__(self, size: int, shuffle: bool = True, seed: int | None = None, start: int = 0):
-        super().__init__(size, shuffle=shuffle, seed=seed)
-        self._start_sample = start
-
-    def __iter__(self):
-        first = self._rank + self._start_sample * self._world_size
-        yield from itertools.islice(self._infinite_indices(), first, None, self._world_size)
 
 
 def create_ddp_model(model: nn.Module, find_unused_parameters: bool) -> nn.Module:
@@ -99,19 +94,20 @@ class DistillTrainer(DefaultTrainer):
                 "SOLVER.AMP.ENABLED needs MODEL.DEVICE cuda with a GPU available"
             )
         check_builtin_dataset_root(cfg.DATASETS.TRAIN)
+        # one seed for the whole run (drawn when SEED < 0), saved with the checkpoints
+        self.seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
-        data_loader = self.build_train_loader(cfg)
+        optimizer.register_step_pre_hook(FiniteGradientCheck(model))
+        data_loader = self.build_train_loader(cfg, seed=self.seed)
         find_unused = (
             bool(getattr(model, "distillers", None)) and cfg.DISTILL.FIND_UNUSED_PARAMETERS
         )
         model = create_ddp_model(model, find_unused)
-        trainer_cls = AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
+        trainer_cls = CheckedAMPTrainer if cfg.SOLVER.AMP.ENABLED else CheckedSimpleTrainer
         self._trainer = trainer_cls(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = DetectionCheckpointer(
-            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
-        )
+        self.checkpointer = SafeCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
@@ -146,8 +142,13 @@ class DistillTrainer(DefaultTrainer):
         return super().build_lr_scheduler(cfg, optimizer)
 
     def build_hooks(self):
-        """detectron2's hooks; with the plateau schedule, its hook right after evaluation."""
-        hooks = super().build_hooks()
+        """detectron2's hooks, after the per-iteration seeding; the finite-weights check right
+        before the checkpointer; with the plateau schedule, its hook right after evaluation."""
+        hooks = [IterationSeed(), *super().build_hooks()]
+        saving = [i for i, h in enumerate(hooks) if isinstance(h, PeriodicCheckpointer)]
+        if saving:  # the main process only
+            period = self.cfg.SOLVER.CHECKPOINT_PERIOD
+            hooks.insert(saving[0], FiniteWeightsCheck(unwrap(self.model), period, self.max_iter))
         plateau = getattr(self.scheduler, "plateau", None)
         if plateau is not None:
             p = self.cfg.SOLVER.PLATEAU
@@ -164,22 +165,20 @@ class DistillTrainer(DefaultTrainer):
         return build_distill_optimizer(cfg, unwrap(model))
 
     @classmethod
-    def build_train_loader(cls, cfg, start_iter: int = 0):
-        """detectron2's train loader; the default sampler is seeded by ``SEED`` (when >= 0) and
-        starts where iteration ``start_iter`` begins."""
+    def build_train_loader(cls, cfg, start_iter: int = 0, seed: int | None = None):
+        """The training batches from iteration ``start_iter`` on, a function of ``seed``
+        (default ``SEED``) and the iteration: detectron2's datasets, mapper (or the dataset
+        task's) and sampler, batched and augmented by
+        :func:`distill.data.resumable_loader.build_seeded_train_loader`."""
         configure_dataset_tasks(cfg)
-        kwargs = _train_loader_from_config(cfg)
         task = dataset_task(cfg.DATASETS.TRAIN[0]) if cfg.DATASETS.TRAIN else None
-        if task is not None:
-            kwargs["mapper"] = task.mapper(cfg, True)
-        if cfg.DATALOADER.SAMPLER_TRAIN == "TrainingSampler":
-            per_rank = cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size()
-            kwargs["sampler"] = ResumableTrainingSampler(
-                len(kwargs["dataset"]),
-                seed=cfg.SEED if cfg.SEED >= 0 else None,
-                start=start_iter * per_rank,
-            )
-        return build_detection_train_loader(**kwargs)
+        mapper = task.mapper(cfg, True) if task is not None else None
+        kwargs = _train_loader_from_config(cfg, mapper, sampler=())  # () = we build it below
+        if seed is None:
+            seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
+        return build_seeded_train_loader(
+            cfg, kwargs["dataset"], kwargs["mapper"], seed, start_iter=start_iter
+        )
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name: str):
@@ -200,10 +199,18 @@ class DistillTrainer(DefaultTrainer):
             return task.evaluator(cfg, dataset_name, output_folder)
         return COCOEvaluator(dataset_name, output_dir=output_folder)
 
+    def train(self):
+        """detectron2's training loop, with TorchScript's graph optimizations off: they set in
+        after a scripted function's first calls (fvcore's focal loss), so a resumed run would
+        round differently from the uninterrupted one for a few iterations."""
+        with torch.jit.optimized_execution(False):
+            return super().train()
+
     def state_dict(self) -> dict:
         """Iteration, hook states (LR schedule), optimizer state (SGD momentum) and the
         model's running loss normalizers, which detectron2 keeps outside the state_dict."""
         state = super().state_dict()
+        state["seed"] = self.seed
         state["_trainer"] = self._trainer.state_dict()
         model = unwrap(self.model)
         state["model_attributes"] = {
@@ -215,6 +222,7 @@ class DistillTrainer(DefaultTrainer):
 
     def load_state_dict(self, state_dict: dict) -> None:
         super().load_state_dict(state_dict)
+        self.seed = int(state_dict.get("seed", self.seed))
         if "_trainer" in state_dict:
             self._trainer.load_state_dict(state_dict["_trainer"])
         model = unwrap(self.model)
@@ -222,18 +230,65 @@ class DistillTrainer(DefaultTrainer):
             setattr(model, name, value)
 
     def resume_or_load(self, resume: bool = True) -> None:
-        """As detectron2's; a resumed run also continues the data order where it stopped.
+        """As detectron2's; a resumed run also continues the data stream where it stopped.
 
-        Without a checkpoint to resume from, a non-empty ``MODEL.WEIGHTS`` must be an existing
-        local file: nothing is downloaded, and a missing file fails here, naming the path.
+        Resuming, the last checkpoint of ``OUTPUT_DIR`` must fit the model exactly (a folder
+        of another architecture is refused, naming the mismatch). Otherwise a non-empty
+        ``MODEL.WEIGHTS`` must be an existing local file: nothing is downloaded, and a missing
+        file fails here, naming the path.
         """
-        if self.cfg.MODEL.WEIGHTS and not (resume and self.checkpointer.has_checkpoint()):
+        resuming = resume and self.checkpointer.has_checkpoint()
+        self.checkpointer.source = "--resume (OUTPUT_DIR/last_checkpoint)" if resuming else (
+            "MODEL.WEIGHTS"
+        )  # fmt: skip
+        self.checkpointer.exact = resuming
+        if self.cfg.MODEL.WEIGHTS and not resuming:
             check_local_weights(self.cfg.MODEL.WEIGHTS, "MODEL.WEIGHTS")
+        seed = self.seed
         super().resume_or_load(resume=resume)
-        if self.start_iter > 0:
-            loader = self.build_train_loader(self.cfg, start_iter=self.start_iter)
+        if self.start_iter > 0 or self.seed != seed:
+            loader = self.build_train_loader(self.cfg, self.start_iter, self.seed)
             self._trainer.data_loader = loader
             self._trainer._data_loader_iter = iter(loader)
+
+
+class IterationSeed(HookBase):
+    """Seeds the global random states from the run's seed and the iteration before each step."""
+
+    def before_step(self) -> None:
+        seed_iteration(self.trainer.seed, self.trainer.iter, comm.get_rank())
+
+
+def check_output_dir(output_dir: str, resume: bool, overwrite: bool) -> None:
+    """Refuse to start a new run over the checkpoints of another one, unless told what to do.
+
+    ``resume``: the run continues them. ``overwrite``: they are deleted first (main process),
+    so neither ``--resume`` nor a reader of ``last_checkpoint`` can mix the two runs.
+
+    Raises:
+        ConfigValueError: ``output_dir`` holds ``last_checkpoint`` or ``model_*.pth`` and
+            neither flag is set.
+    """
+    if resume or not os.path.isdir(output_dir):
+        return
+    found = sorted(
+        name
+        for name in os.listdir(output_dir)
+        if name == "last_checkpoint" or (name.startswith("model_") and name.endswith(".pth"))
+    )
+    if not found:
+        return
+    if not overwrite:
+        shown = ", ".join(found[-3:]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+        raise ConfigValueError(
+            f"OUTPUT_DIR {output_dir!r} already holds checkpoints of a run ({shown}): pass "
+            "--resume to continue that run, or --overwrite to delete them and start again"
+        )
+    if comm.is_main_process():
+        for name in found:
+            os.remove(os.path.join(output_dir, name))
+        logger.warning(f"--overwrite: deleted {len(found)} checkpoint files in {output_dir}")
+    comm.synchronize()
 
 
 def train_and_evaluate(cfg) -> dict[str, dict[str, float]]:

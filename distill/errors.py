@@ -37,6 +37,11 @@ class InvalidDataError(ConfigValueError):
         return text
 
 
+class DivergenceError(ConfigError, FloatingPointError):
+    """Training produced a non-finite loss, gradient or weight: the message names the iteration
+    and the losses or parameters (usually the learning rate is too high for the model)."""
+
+
 def run_cli(main, *args):
     """Run a tool's ``main``; a :class:`ConfigError` ends it with one ``error: ...`` line."""
     try:

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 from typing import Any
 
 import torch
 from detectron2.config import CfgNode
 
-from distill.checkpoint import DISTILLER_PREFIX, student_state_dict
-from distill.errors import ConfigValueError, MissingFileError
+from distill.checkpoint import (
+    DISTILLER_PREFIX,
+    SafeCheckpointer,
+    read_weights_file,
+    student_state_dict,
+)
+from distill.errors import ConfigValueError
 from distill.modeling import PLAIN_META_ARCHITECTURES
 
 logger = logging.getLogger(__name__)
@@ -32,35 +36,20 @@ def plain_config(cfg: CfgNode) -> CfgNode:
     return plain
 
 
-def load_training_checkpoint(path: str, allow_pickle: bool = False) -> dict[str, Any]:
-    """Load a detectron2 training checkpoint (``{"model": state_dict, ...}``) on the CPU.
-
-    Args:
-        path: a ``.pth`` written by detectron2's ``DetectionCheckpointer``.
-        allow_pickle: load arbitrary pickled objects (``torch.load(weights_only=False)``); only
-            for trusted files. By default only tensors and plain containers are accepted.
+def load_training_checkpoint(path: str, source: str = "--weights") -> dict[str, Any]:
+    """A detectron2 training checkpoint (``{"model": state_dict, ...}``) read on the CPU by
+    :func:`distill.checkpoint.read_weights_file` (no code runs from the file).
 
     Raises:
         MissingFileError: no file at ``path``.
-        ConfigValueError: not loadable with ``weights_only=True`` (and ``allow_pickle`` is
-            False), or not a dict with a ``"model"`` state_dict.
+        ConfigValueError: the file is unreadable, holds objects other than tensors and plain
+            containers, or is not a dict with a ``"model"`` state_dict.
     """
-    if not os.path.isfile(path):
-        raise MissingFileError(f"checkpoint: no file at {os.path.abspath(path)!r}")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
-    except pickle.UnpicklingError as e:
-        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-        reason = next((line for line in lines if "Unsupported global" in line), lines[0])
-        raise ConfigValueError(
-            f"checkpoint {path!r} holds objects other than tensors and plain containers, so it "
-            "cannot be loaded with torch.load(weights_only=True). If you trust the file, pass "
-            f"allow_pickle=True (--allow-pickle). {reason}"
-        ) from e
+    checkpoint = read_weights_file(path, source)
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model"), dict):
         found = list(checkpoint)[:10] if isinstance(checkpoint, dict) else type(checkpoint)
         raise ConfigValueError(
-            f"checkpoint {path!r} has no 'model' state_dict (found {found}): expected a "
+            f"{source}: {path!r} has no 'model' state_dict (found {found}): expected a "
             "training checkpoint written by detectron2's DetectionCheckpointer"
         )
     return checkpoint
@@ -112,7 +101,6 @@ def extract_student(
     output_path: str,
     cfg: CfgNode,
     verify: bool = True,
-    allow_pickle: bool = False,
 ) -> dict[str, Any]:
     """Write the student of a distillation training checkpoint as a plain detectron2 model.
 
@@ -127,7 +115,6 @@ def extract_student(
         output_path: where the student weights go (``.pth``); folders are created.
         cfg: the training config of the checkpoint (Distill* meta-architecture or plain).
         verify: build the plain detector and check that the weights fit it exactly.
-        allow_pickle: see :func:`load_training_checkpoint`.
 
     Returns:
         Stats: ``checkpoint``, ``weights``, ``config`` (paths), ``iteration`` (or None),
@@ -139,7 +126,7 @@ def extract_student(
         MissingFileError / ConfigValueError: see :func:`load_training_checkpoint`;
             ``ConfigValueError`` also when ``verify`` finds missing, unexpected or mis-shaped keys.
     """
-    checkpoint = load_training_checkpoint(checkpoint_path, allow_pickle=allow_pickle)
+    checkpoint = load_training_checkpoint(checkpoint_path)
     model_state = checkpoint["model"]
     if model_state and all(k.startswith(_DDP_PREFIX) for k in model_state):
         model_state = {k[len(_DDP_PREFIX) :]: v for k, v in model_state.items()}
@@ -174,7 +161,6 @@ def extract_student(
 def load_distill_run(config_file: str, weights: str, opts: list[str], distiller: str):
     """(cfg, model) of a training run with ``distiller``: the Distill model of ``config_file``
     (+ ``opts``) with the run's checkpoint loaded, distiller weights and teacher included."""
-    from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.modeling import build_model
 
     from distill.checkpoint import check_local_weights
@@ -188,5 +174,5 @@ def load_distill_run(config_file: str, weights: str, opts: list[str], distiller:
         raise ConfigValueError(f"{config_file}: DISTILL.DISTILLERS has no {distiller!r}")
     check_local_weights(weights, "--weights")
     model = build_model(cfg)
-    DetectionCheckpointer(model).load(weights)
+    SafeCheckpointer(model, source="--weights").load(weights)
     return cfg, model

@@ -18,7 +18,12 @@ from detectron2.modeling import build_model
 from detectron2.structures import ImageList
 from torch import nn
 
-from distill.checkpoint import StudentCheckpointer, check_local_weights, expand_path
+from distill.checkpoint import (
+    StudentCheckpointer,
+    check_local_weights,
+    expand_path,
+    incompatibility_report,
+)
 from distill.compiled_ops import check_compiled_ops
 from distill.errors import ConfigValueError, MissingFileError
 
@@ -137,23 +142,17 @@ def build_teacher(cfg: CfgNode, student_format: str) -> Teacher:
 
 
 def load_teacher_weights(model: nn.Module, path: str, allow_mismatch: bool) -> None:
-    """Load ``path`` into ``model``, refusing any incompatibility unless ``allow_mismatch``."""
-    checkpointer = StudentCheckpointer(model)  # drops distiller weights of a distilled teacher
-    incompatible = checkpointer._load_model(checkpointer._load_file(path))
-    problems = {
-        "missing keys": list(incompatible.missing_keys),
-        "unexpected keys": list(incompatible.unexpected_keys),
-        "wrong shapes": [
-            f"{k}: {c} in file, {m} in model" for k, c, m in incompatible.incorrect_shapes
-        ],  # fmt: skip
-    }
-    problems = {kind: items for kind, items in problems.items() if items}
-    if not problems:
+    """Load ``path`` into ``model``, refusing any incompatibility unless ``allow_mismatch``.
+
+    The file is read by :func:`distill.checkpoint.read_weights_file` (no code runs; a truncated
+    or foreign file stops naming ``DISTILL.TEACHER.WEIGHTS``)."""
+    logger.info(f"loading the teacher's weights from {path}")
+    # drops the distiller weights of a distilled teacher
+    checkpointer = StudentCheckpointer(model, source="DISTILL.TEACHER.WEIGHTS")
+    report = incompatibility_report(checkpointer._load_model(checkpointer._load_file(path)))
+    if not report:
         logger.info(f"teacher weights loaded from {path}")
         return
-    report = "; ".join(
-        f"{len(items)} {kind} (e.g. {', '.join(items[:3])})" for kind, items in problems.items()
-    )
     if not allow_mismatch:
         raise TeacherWeightsError(
             f"DISTILL.TEACHER.WEIGHTS {path!r} does not fit the teacher architecture: {report}. "

@@ -29,12 +29,13 @@ DEFAULT_CONFIG = "projects/LGD/configs/embedded/retinanet_R18_lgd.yaml"
 
 def save_lgd_heatmaps(cfg, level: str = "p3") -> str:
     """Heat maps of the trained LGD model on the first annotated validation image."""
-    from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.modeling import build_model
     from lgd.visualize import lgd_heatmaps, save_heatmaps
 
+    from distill.checkpoint import SafeCheckpointer
+
     model = build_model(cfg)
-    DetectionCheckpointer(model).load(os.path.join(cfg.OUTPUT_DIR, "model_final.pth"))
+    SafeCheckpointer(model).load(os.path.join(cfg.OUTPUT_DIR, "model_final.pth"))
     maps = lgd_heatmaps(model, annotated_input(cfg, cfg.DATASETS.TEST[0]), level)
     path = os.path.join(cfg.OUTPUT_DIR, f"lgd_heatmaps_{level}.png")
     save_heatmaps(maps, path, level)

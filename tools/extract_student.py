@@ -32,11 +32,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--no-verify", action="store_true", help="do not check the weights against the detector"
     )
-    parser.add_argument(
-        "--allow-pickle",
-        action="store_true",
-        help="load arbitrary pickled objects from the checkpoint (trusted files only)",
-    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     return parser.parse_args(argv)
 
@@ -53,9 +48,7 @@ def setup(args: argparse.Namespace):
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     cfg = setup(args)
-    stats = extract_student(
-        args.weights, args.output, cfg, verify=not args.no_verify, allow_pickle=args.allow_pickle
-    )
+    stats = extract_student(args.weights, args.output, cfg, verify=not args.no_verify)
     print(
         f"{stats['model_keys']} model keys in {stats['checkpoint']} "
         f"(iteration {stats['iteration']}): kept {stats['student_keys']} student keys "

@@ -7,7 +7,9 @@
     torchrun --nproc_per_node 2 tools/train_net.py --config-file CFG         # CPU processes (gloo)
 
 Trailing ``KEY VALUE`` pairs override the config. ``--eval-only`` evaluates the student alone
-(the plain detector; distiller weights in the checkpoint are ignored, no teacher is built).
+(the plain detector; distiller weights in the checkpoint are ignored, no teacher is built); its
+weights must fit that detector exactly. A new run refuses an ``OUTPUT_DIR`` that holds
+checkpoints unless ``--resume`` (continue them) or ``--overwrite`` (delete them) is given.
 """
 
 from __future__ import annotations
@@ -19,20 +21,33 @@ from detectron2.evaluation import verify_results
 
 import distill
 from distill.checkpoint import StudentCheckpointer
-from distill.engine import DistillTrainer
-from distill.errors import run_cli
+from distill.engine import DistillTrainer, check_output_dir
+from distill.errors import ConfigValueError, run_cli
 from distill.export import plain_config
 from distill.launch import run
 
 logger = logging.getLogger("distill")
 
 
+def parse_args(argv: list[str] | None = None):
+    parser = default_argument_parser()
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start a new run in an OUTPUT_DIR that holds checkpoints, deleting them",
+    )
+    return parser.parse_args(argv)
+
+
 def setup(args):
-    """Config = detectron2 defaults + every registered key, the file, then the overrides."""
+    """Config = detectron2 defaults + every registered key, the file, then the overrides.
+    A training run first checks that it would not overwrite another run's checkpoints."""
     cfg = distill.get_distill_cfg()
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
     cfg.freeze()
+    if not args.eval_only:
+        check_output_dir(cfg.OUTPUT_DIR, args.resume, args.overwrite)
     default_setup(cfg, args)
     return cfg
 
@@ -41,9 +56,15 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = DistillTrainer.build_model(plain_config(cfg))
-        StudentCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume
-        )
+        checkpointer = StudentCheckpointer(model, cfg.OUTPUT_DIR, exact=True)
+        if args.resume and checkpointer.has_checkpoint():
+            checkpointer.source = "--resume (OUTPUT_DIR/last_checkpoint)"
+        elif not cfg.MODEL.WEIGHTS:
+            raise ConfigValueError(
+                "--eval-only needs the weights to evaluate: set MODEL.WEIGHTS (or pass --resume "
+                "with a checkpoint in OUTPUT_DIR)"
+            )
+        checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         results = DistillTrainer.test(cfg, model)
         verify_results(cfg, results)
         return results
@@ -53,4 +74,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    run_cli(run, main, default_argument_parser().parse_args())
+    run_cli(run, main, parse_args())

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO, TINY_OPTS
+from conftest import REPO, TINY_OPTS, tiny_cfg
 
 TRAIN_NET = str(REPO / "tools/train_net.py")
 OPTS = [str(x) if not isinstance(x, tuple) else str(x).replace(" ", "") for x in TINY_OPTS]
@@ -38,12 +38,22 @@ def test_two_cpu_processes_under_torchrun(tmp_path):
     assert saved["iteration"] == 2
 
 
+def random_weights(tmp_path, family: str) -> str:
+    """A checkpoint of a random-init tiny ``family`` detector."""
+    from detectron2.modeling import build_model
+
+    path = tmp_path / f"{family}.pth"
+    torch.save({"model": build_model(tiny_cfg(family)).state_dict()}, path)
+    return str(path)
+
+
 @pytest.mark.timeout(600)
 def test_eval_only_reports_ap(tmp_path):
     cmd = [
         sys.executable, TRAIN_NET, "--eval-only",
         "--config-file", str(REPO / "configs/embedded/faster_rcnn_R18_small.yaml"),
         *OPTS, "OUTPUT_DIR", str(tmp_path / "out"),
+        "MODEL.WEIGHTS", random_weights(tmp_path, "faster_rcnn"),
     ]  # fmt: skip
     log = run(cmd, tmp_path)
     assert "copypaste: AP,AP50,AP75,APs,APm,APl" in log
