@@ -32,6 +32,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 BOUNDARY_TOLERANCE_PX = 1.0
 # (image_id, annotation id) of the zero-height boxes of the official COCO 2017 train json.
 KNOWN_COCO_ZERO_SIZE = frozenset({(200365, 918), (550395, 2206849)})
@@ -84,6 +86,27 @@ def _image_sizes(images: Sequence[Mapping]) -> dict[Any, tuple[float, float]]:
     return sizes
 
 
+def _suspects(anns: Sequence[Mapping], sizes: dict, category_ids: set) -> np.ndarray:
+    """Indices of the annotations that may break a rule, found with numpy (COCO train has 860k
+    annotations); a superset of the invalid ones, which :func:`_box_problem` then confirms."""
+    check_each = np.arange(len(anns))  # where some box is malformed
+    try:
+        boxes = np.array([a.get("bbox") for a in anns] or np.zeros((0, 4)))
+    except (TypeError, ValueError):  # ragged
+        return check_each
+    if boxes.shape != (len(anns), 4) or boxes.dtype.kind not in "fi":
+        return check_each
+    x, y, w, h = boxes.astype(np.float64).T
+    unknown = (math.nan, math.nan)
+    width, height = np.array([sizes.get(a.get("image_id"), unknown) for a in anns]).reshape(-1, 2).T
+    tol = BOUNDARY_TOLERANCE_PX
+    with np.errstate(invalid="ignore"):  # NaN boxes and unknown image sizes compare False
+        outside = (x < -tol) | (y < -tol) | (x + w > width + tol) | (y + h > height + tol)
+    bad = ~np.isfinite(boxes).all(1) | (w <= 0) | (h <= 0) | outside
+    bad |= np.array([a.get("category_id") not in category_ids for a in anns], dtype=bool)
+    return np.flatnonzero(bad)
+
+
 def find_invalid_annotations(coco: Mapping[str, Any]) -> list[AnnotationProblem]:
     """The annotations of a parsed COCO json that cannot be used as they are (rules: module doc).
 
@@ -98,8 +121,10 @@ def find_invalid_annotations(coco: Mapping[str, Any]) -> list[AnnotationProblem]
     """
     sizes = _image_sizes(coco.get("images", []))
     category_ids = {c.get("id") for c in coco.get("categories", [])}
+    anns = coco.get("annotations", [])
     problems = []
-    for index, ann in enumerate(coco.get("annotations", [])):
+    for index in _suspects(anns, sizes, category_ids).tolist():
+        ann = anns[index]
         image_id, ann_id = ann.get("image_id"), ann.get("id")
         reasons = []
         zero_size_ok = (image_id, ann_id) in KNOWN_COCO_ZERO_SIZE
