@@ -141,14 +141,12 @@ def _torch_load_weights(path: str, source: str) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        text = str(e)
-        if "Unsupported global" not in text and "weights_only" not in text.split("\n")[0]:
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        if found is None:  # not a refused class: a broken file
             raise
-        found = re.search(r"GLOBAL ([\w.]+)", text)
-        found = found.group(1) if found else "object"
         raise UnsafeCheckpointError(
-            f"{source}: {path!r} holds a pickled {found}, which is not a tensor or a plain "
-            "container; refusing to load it (checkpoints are read with "
+            f"{source}: {path!r} holds a pickled {found.group(1)}, which is not a tensor or a "
+            "plain container; refusing to load it (checkpoints are read with "
             "torch.load(weights_only=True))"
         ) from None
 
