@@ -163,9 +163,11 @@ def annotated_input(cfg, dataset: str, index: int = 0) -> dict:
     from detectron2.data import DatasetCatalog, DatasetMapper
     from detectron2.data import transforms as T
 
+    from distill.data.images import ImageErrorNamingMapper
+
     records = [r for r in DatasetCatalog.get(dataset) if r.get("annotations")]
     if not 0 <= index < len(records):
         raise IndexError(f"{dataset} has {len(records)} annotated images; got index {index}")
     resize = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
     mapper = DatasetMapper(is_train=True, augmentations=[resize], image_format=cfg.INPUT.FORMAT)
-    return mapper(records[index])
+    return ImageErrorNamingMapper(mapper)(records[index])
