@@ -1,14 +1,19 @@
-"""tools/train_net.py end to end: a 2-process CPU run under torchrun, and --eval-only."""
+"""tools/train_net.py end to end: a 2-process CPU run under torchrun, --eval-only, and the
+refusals that keep runs safe (bad weights, overwriting a run, resuming another model)."""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 import torch
 from conftest import REPO, TINY_OPTS, tiny_cfg
+
+from distill.checkpoint import WeightsMismatchError
+from distill.engine import DistillTrainer, check_output_dir
 
 TRAIN_NET = str(REPO / "tools/train_net.py")
 OPTS = [str(x) if not isinstance(x, tuple) else str(x).replace(" ", "") for x in TINY_OPTS]
@@ -82,3 +87,56 @@ def test_bad_input_is_one_clear_line(tmp_path, opts, message):
     stderr = run_failing(["--config-file", config, *OPTS, *opts], tmp_path,
                          {"DETECTRON2_DATASETS": str(tmp_path / "datasets")})  # fmt: skip
     assert message in stderr.splitlines()[-1], stderr[-2000:]
+
+
+@pytest.mark.parametrize(
+    "weights, message",
+    [
+        ("retinanet", r"MODEL.WEIGHTS: '.*retinanet.pth' does not fit .* missing keys"),
+        ("truncated", r"MODEL.WEIGHTS: '.*truncated.pth' is not a readable checkpoint"),
+        ("", "--eval-only needs the weights to evaluate"),
+    ],
+)
+def test_eval_only_refuses_weights_that_do_not_fit(tmp_path, weights, message):
+    if weights == "retinanet":
+        weights = random_weights(tmp_path, "retinanet")
+    elif weights == "truncated":
+        whole = random_weights(tmp_path, "faster_rcnn")
+        weights = str(tmp_path / "truncated.pth")
+        with open(whole, "rb") as f, open(weights, "wb") as out:
+            out.write(f.read()[: os.path.getsize(whole) // 2])
+    config = str(REPO / "configs/embedded/faster_rcnn_R18_small.yaml")
+    stderr = run_failing(["--eval-only", "--config-file", config, *OPTS, "MODEL.WEIGHTS", weights],
+                         tmp_path)  # fmt: skip
+    assert re.search(message, stderr.splitlines()[-1]), stderr[-2000:]
+
+
+def test_a_finished_run_is_not_overwritten_unasked(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "model_final.pth").write_bytes(b"finished run")
+    (out / "last_checkpoint").write_text("model_final.pth")
+    config = str(REPO / "configs/embedded/retinanet_R18_small.yaml")
+    stderr = run_failing(["--config-file", config, *OPTS], tmp_path)
+    assert "already holds checkpoints of a run (last_checkpoint, model_final.pth): pass --resume" \
+        in stderr.splitlines()[-1] and "--overwrite" in stderr.splitlines()[-1]  # fmt: skip
+    assert (out / "model_final.pth").read_bytes() == b"finished run"
+    assert not (out / "config.yaml").exists()  # refused before anything was written
+
+
+def test_check_output_dir_overwrite_deletes_only_checkpoints(tmp_path):
+    for name in ("model_0000009.pth", "model_final.pth", "last_checkpoint", "metrics.json"):
+        (tmp_path / name).write_text("x")
+    check_output_dir(str(tmp_path), resume=True, overwrite=False)  # resuming continues them
+    check_output_dir(str(tmp_path), resume=False, overwrite=True)
+    assert os.listdir(tmp_path) == ["metrics.json"]
+    check_output_dir(str(tmp_path), resume=False, overwrite=False)  # nothing left to protect
+
+
+def test_resume_into_another_architecture_names_the_mismatch(tmp_path):
+    opts = ["OUTPUT_DIR", str(tmp_path), "DATASETS.TEST", ()]
+    DistillTrainer(tiny_cfg("retinanet", *opts)).checkpointer.save("model_0000004")
+    trainer = DistillTrainer(tiny_cfg("faster_rcnn", *opts))
+    expected = r"^--resume .*model_0000004.pth' does not fit this config's DistillGeneralizedRCNN"
+    with pytest.raises(WeightsMismatchError, match=expected):
+        trainer.resume_or_load(resume=True)
