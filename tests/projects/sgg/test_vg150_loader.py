@@ -261,6 +261,30 @@ def test_bad_data_names_file_image_and_field(tmp_path, case):
     assert isinstance(err.value, InvalidDataError)
 
 
+def test_drop_mode_leaves_boxes_outside_the_image_out_with_their_relations(tmp_path, caplog):
+    def mutate(arrays):
+        arrays["boxes_1024"][9] = (600, 900, 40, 40)  # image 14 (1024x768 at scale): y1 = 880
+        arrays["boxes_1024"][5:7] = (50, 800, 20, 20)  # both boxes of image 13 (1024x768)
+
+    root = write_vg(tmp_path / "vg", mutate=mutate)
+    opts = {"num_val_images": 0, "filter_empty_relations": False}
+    with pytest.raises(InvalidDataError, match="image_id 13, field 'boxes_1024'"):
+        load_vg150(root, "train", **opts)
+    with caplog.at_level("WARNING", logger="sgg.data.vg150_checks"):
+        dropped = _by_id(load_vg150(root, "train", invalid_annotations="drop", **opts))
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert "VG-SGG-with-attri.h5: dropped 3 of 13 boxes (boxes_1024)" in warning
+    assert "image_id 13 row 5" in warning and "image_id 14 row 9" in warning
+    reference = _by_id(load_vg150(write_vg(tmp_path / "ok"), "train", **opts))
+    assert sorted(dropped) == [10, 14, 15]  # 13 has no box left
+    assert dropped[14]["annotations"] == reference[14]["annotations"][:2]
+    np.testing.assert_array_equal(dropped[14]["relations"], [[0, 1, 3]])  # (0, 2, 1) used box 2
+    for image_id in (10, 15):
+        assert dropped[image_id]["annotations"] == reference[image_id]["annotations"]
+        np.testing.assert_array_equal(dropped[image_id]["relations"],
+                                      reference[image_id]["relations"])  # fmt: skip
+
+
 def test_loading_is_vectorised(tmp_path):
     """60k images with 10 boxes and 5 relations each load in seconds, not minutes."""
     n, k, r = 60_000, 10, 5

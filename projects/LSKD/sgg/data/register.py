@@ -55,19 +55,22 @@ _LOAD_OPTIONS: dict[str, Any] = {
     "num_val_images": 5000,
     "filter_empty_relations": True,
     "filter_non_overlap": False,
+    "invalid_annotations": "error",
 }
 
 
 def configure_vg_datasets(cfg) -> None:
     """Makes every VG-format dataset load with ``cfg.DATASETS.VG.*`` (BOX_SCALE,
-    NUM_VAL_IMAGES, FILTER_EMPTY_RELATIONS, FILTER_NON_OVERLAP); vgsynth keeps its own
-    validation size. FILTER_DUPLICATE_RELATIONS is the dataset mapper's."""
+    NUM_VAL_IMAGES, FILTER_EMPTY_RELATIONS, FILTER_NON_OVERLAP) and
+    DATASETS.INVALID_ANNOTATIONS; vgsynth keeps its own validation size.
+    FILTER_DUPLICATE_RELATIONS is the dataset mapper's."""
     vg = cfg.DATASETS.VG
     _LOAD_OPTIONS.update(
         box_scale=int(vg.BOX_SCALE),
         num_val_images=int(vg.NUM_VAL_IMAGES),
         filter_empty_relations=bool(vg.FILTER_EMPTY_RELATIONS),
         filter_non_overlap=bool(vg.FILTER_NON_OVERLAP),
+        invalid_annotations=str(cfg.DATASETS.get("INVALID_ANNOTATIONS", "error")),
     )
 
 

@@ -16,7 +16,12 @@ from typing import Any
 import numpy as np
 
 from distill.errors import ConfigValueError, MissingFileError
-from sgg.data.vg150_checks import PER_IMAGE_KEYS, check_vg150_arrays, ranges_to_indices
+from sgg.data.vg150_checks import (
+    PER_IMAGE_KEYS,
+    check_vg150_arrays,
+    drop_boxes,
+    ranges_to_indices,
+)
 
 H5_FILE = "VG-SGG-with-attri.h5"
 DICTS_FILE = "VG-SGG-dicts-with-attri.json"
@@ -146,6 +151,7 @@ def load_vg150(
     num_val_images: int = 5000,
     filter_empty_relations: bool = True,
     filter_non_overlap: bool = False,
+    invalid_annotations: str = "error",
 ) -> list[dict[str, Any]]:
     """Loads one VG150 split as detectron2 dataset dicts with relations.
 
@@ -160,6 +166,9 @@ def load_vg150(
         root: Folder holding the three files and ``VG_100K/``.
         split: ``"train"``, ``"val"`` or ``"test"``.
         box_scale: Selects ``boxes_<box_scale>`` (DATASETS.VG.BOX_SCALE).
+        invalid_annotations: DATASETS.INVALID_ANNOTATIONS: a box lying outside its image
+            (image_data.json size) is refused (``"error"``) or left out with its relations and
+            a counted warning (``"drop"``); other problems are always refused.
 
     Returns:
         One dict per image: ``file_name``, ``image_id``, ``height``, ``width``, ``annotations``
@@ -188,7 +197,10 @@ def load_vg150(
     image_ids = np.array([int(e["image_id"]) for e in image_data], dtype=np.int64)
     sizes = np.array([[e["width"], e["height"]] for e in image_data], dtype=np.int64).reshape(-1, 2)
     num_classes, num_preds = len(classes["thing_classes"]), len(classes["predicate_classes"])
-    check_vg150_arrays(h5, files["h5"], image_ids, num_classes, num_preds, sizes, box_scale)
+    drop = check_vg150_arrays(h5, files["h5"], image_ids, num_classes, num_preds, sizes,
+                              box_scale, invalid_annotations)  # fmt: skip
+    if drop.any():
+        h5 = drop_boxes(h5, drop)
 
     keep = (h5["split"] == _H5_SPLIT_FLAG[split]) & (h5["img_to_first_box"] >= 0)
     if filter_empty_relations:

@@ -4,15 +4,20 @@ and the field."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 
+from distill.data.checked_coco import check_mode
 from distill.errors import ConfigValueError, InvalidDataError
+
+logger = logging.getLogger(__name__)
 
 PER_IMAGE_KEYS = ("split", "img_to_first_box", "img_to_last_box", "img_to_first_rel",
                   "img_to_last_rel")  # fmt: skip
 _PLURAL = {"box": "boxes", "rel": "relations"}
+_LISTED = 5  # boxes described in a drop warning
 
 
 def ranges_to_indices(first: np.ndarray, last: np.ndarray) -> np.ndarray:
@@ -71,9 +76,15 @@ class _Checker:
             self.image(owner, field, f"row {j} = {values[j].tolist()}, expected {expected}")
 
 
-def _check_boxes_inside(h5: dict, check: _Checker, image_sizes: np.ndarray, box_scale: int) -> None:
-    """Every box of an image must overlap it: one starting right of or below the image would be
-    clipped to zero width or height (an infinite box-regression loss in training)."""
+def _boxes_outside(
+    h5: dict, image_sizes: np.ndarray, box_scale: int
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The boxes that start right of or below their image, which clipping would turn into zero
+    width or height (an infinite box-regression loss in training).
+
+    Returns:
+        Their rows in ``boxes``, the h5 index of their images, a description of the first few.
+    """
     with_boxes = np.flatnonzero(h5["img_to_first_box"] >= 0)
     first, last = h5["img_to_first_box"][with_boxes], h5["img_to_last_box"][with_boxes]
     rows = ranges_to_indices(first, last)
@@ -82,17 +93,35 @@ def _check_boxes_inside(h5: dict, check: _Checker, image_sizes: np.ndarray, box_
     top_left = boxes[:, :2] - boxes[:, 2:] / 2  # at box_scale = the image's longer side
     pixels = top_left * sizes.max(1, keepdims=True) / box_scale
     bad = np.flatnonzero((pixels >= sizes).any(1))
-    if len(bad):
-        k = bad[0]
-        owner = with_boxes[np.searchsorted(np.cumsum(last - first + 1), k, side="right")]
-        width, height = sizes[k].astype(int)
-        check.image(
-            owner,
-            f"boxes_{box_scale}",
-            f"row {rows[k]} = {boxes[k].astype(int).tolist()} (cx, cy, w, h) starts at x1, y1 = "
-            f"{pixels[k, 0]:.1f}, {pixels[k, 1]:.1f} pixels, outside the {width}x{height} image "
-            "(size from image_data.json)",
-        )
+    owners = with_boxes[np.searchsorted(np.cumsum(last - first + 1), bad, side="right")]
+    described = [
+        f"row {rows[k]} = {boxes[k].astype(int).tolist()} (cx, cy, w, h) starts at x1, y1 = "
+        f"{pixels[k, 0]:.1f}, {pixels[k, 1]:.1f} pixels, outside the "
+        f"{sizes[k, 0]:.0f}x{sizes[k, 1]:.0f} image (size from image_data.json)"
+        for k in bad[:_LISTED]
+    ]
+    return rows[bad], owners, described
+
+
+def drop_boxes(h5: dict[str, np.ndarray], drop: np.ndarray) -> dict[str, np.ndarray]:
+    """A copy of checked arrays without the boxes ``drop`` (N_box,) bool and the relations that
+    use them; the per-image ranges and relation indices are renumbered (an image left without
+    boxes gets -1, as one that never had any)."""
+    keep_box = ~drop
+    keep_rel = keep_box[h5["relationships"]].all(1)
+    new_row = np.cumsum(keep_box) - 1
+    out = dict(h5)
+    out["boxes"], out["labels"] = h5["boxes"][keep_box], h5["labels"][keep_box]
+    out["relationships"] = new_row[h5["relationships"][keep_rel]].astype(h5["relationships"].dtype)
+    out["predicates"] = h5["predicates"][keep_rel]
+    for kind, kept in (("box", keep_box), ("rel", keep_rel)):
+        first, last = h5[f"img_to_first_{kind}"], h5[f"img_to_last_{kind}"]
+        kept_before = np.concatenate([[0], np.cumsum(kept)])  # kept rows before row i
+        start = kept_before[np.maximum(first, 0)]
+        count = np.where(first >= 0, kept_before[last + 1] - start, 0)
+        out[f"img_to_first_{kind}"] = np.where(count > 0, start, -1).astype(first.dtype)
+        out[f"img_to_last_{kind}"] = np.where(count > 0, start + count - 1, -1).astype(last.dtype)
+    return out
 
 
 def check_vg150_arrays(
@@ -103,7 +132,8 @@ def check_vg150_arrays(
     num_preds: int,
     image_sizes: np.ndarray,
     box_scale: int,
-) -> None:
+    invalid_annotations: str = "error",
+) -> np.ndarray:
     """Checks shapes, index ranges (valid, not shared by two images), box validity (inside the
     image), labels, predicates and relation indices.
 
@@ -116,6 +146,12 @@ def check_vg150_arrays(
         num_preds: P, predicates must be in 1..P.
         image_sizes: (N_img, 2) width, height in pixels (image_data.json).
         box_scale: The scale of ``boxes`` (the longer image side), e.g. 1024.
+        invalid_annotations: DATASETS.INVALID_ANNOTATIONS: ``"error"`` refuses a box outside
+            its image; ``"drop"`` returns them (with a warning that counts them) instead.
+            Every other problem is refused either way.
+
+    Returns:
+        (N_box,) bool, the boxes to drop (:func:`drop_boxes`); all False in ``"error"`` mode.
     """
     check = _Checker(path, image_ids)
     for key in PER_IMAGE_KEYS:
@@ -136,7 +172,6 @@ def check_vg150_arrays(
     boxes = h5["boxes"]
     check.values(boxes, (boxes[:, :2] >= 0).all(1), h5, "box", "boxes", "centres cx, cy >= 0")
     check.values(boxes, (boxes[:, 2:] > 0).all(1), h5, "box", "boxes", "sizes w, h > 0")
-    _check_boxes_inside(h5, check, image_sizes, box_scale)
     labels, preds = h5["labels"], h5["predicates"]
     check.values(
         labels,
@@ -171,3 +206,20 @@ def check_vg150_arrays(
             f"row {rel_rows[k]} = {rels[k].tolist()} outside the "
             f"image's boxes {lo[k, 0]}..{hi[k, 0]}",
         )
+    rows, owners, described = _boxes_outside(h5, image_sizes, box_scale)
+    field = f"boxes_{box_scale}"
+    if len(rows) and check_mode(invalid_annotations) == "error":
+        check.image(owners[0], field, f"{described[0]}; set DATASETS.INVALID_ANNOTATIONS drop "
+                    "to leave such boxes and their relations out")  # fmt: skip
+    if len(rows):
+        listed = "; ".join(
+            f"image_id {image_ids[i]} {d}" for i, d in zip(owners[:_LISTED], described)
+        )
+        logger.warning(
+            f"{path}: dropped {len(rows)} of {len(boxes)} boxes ({field}) that lie outside their "
+            f"image, with their relations (DATASETS.INVALID_ANNOTATIONS is 'drop'): {listed}"
+            + (" ..." if len(rows) > _LISTED else "")
+        )
+    drop = np.zeros(len(boxes), dtype=bool)
+    drop[rows] = True
+    return drop
