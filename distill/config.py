@@ -78,8 +78,9 @@ def add_distill_config(cfg: CN) -> None:
         _P.THRESHOLD = 0.001
         _P.MAX_DECAYS = 3  # no decay after this many
     if "INVALID_ANNOTATIONS" not in cfg.DATASETS:
-        # COCO-format annotations with a bad box or category id (distill/data/annotation_checks):
-        # "error" refuses the dataset naming them, "drop" leaves them out with a counted warning.
+        # COCO annotations with a bad box or category id (distill/data/annotation_checks), VG150
+        # boxes outside their image: "error" refuses the dataset naming them, "drop" leaves them
+        # out with a counted warning (boxes are never rewritten).
         cfg.DATASETS.INVALID_ANNOTATIONS = "error"
     for add_config in CONFIG_EXTENSIONS:
         add_config(cfg)
