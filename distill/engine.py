@@ -42,9 +42,9 @@ from torch.nn.parallel import DistributedDataParallel
 
 from distill.checkpoint import SafeCheckpointer, check_local_weights
 from distill.compiled_ops import check_compiled_ops
-from distill.data.register import check_builtin_dataset_root
+from distill.data.register import check_builtin_dataset_root, check_datasets
 from distill.data.resumable_loader import build_seeded_train_loader, seed_iteration
-from distill.data.tasks import configure_dataset_tasks, dataset_task
+from distill.data.tasks import configure_dataset_tasks, dataset_mapper, dataset_task
 from distill.divergence import (
     CheckedAMPTrainer,
     CheckedSimpleTrainer,
@@ -93,7 +93,7 @@ class DistillTrainer(DefaultTrainer):
             raise ConfigValueError(
                 "SOLVER.AMP.ENABLED needs MODEL.DEVICE cuda with a GPU available"
             )
-        check_builtin_dataset_root(cfg.DATASETS.TRAIN)
+        check_datasets(cfg)  # DATASETS.TRAIN and TEST, before anything is built
         # one seed for the whole run (drawn when SEED < 0), saved with the checkpoints
         self.seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
         model = self.build_model(cfg)
@@ -171,8 +171,7 @@ class DistillTrainer(DefaultTrainer):
         task's) and sampler, batched and augmented by
         :func:`distill.data.resumable_loader.build_seeded_train_loader`."""
         configure_dataset_tasks(cfg)
-        task = dataset_task(cfg.DATASETS.TRAIN[0]) if cfg.DATASETS.TRAIN else None
-        mapper = task.mapper(cfg, True) if task is not None else None
+        mapper = dataset_mapper(cfg, cfg.DATASETS.TRAIN[0], True) if cfg.DATASETS.TRAIN else None
         kwargs = _train_loader_from_config(cfg, mapper, sampler=())  # () = we build it below
         if seed is None:
             seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
@@ -183,10 +182,9 @@ class DistillTrainer(DefaultTrainer):
     @classmethod
     def build_test_loader(cls, cfg, dataset_name: str):
         """detectron2's test loader, with the mapper of the dataset's registered task if any
-        (:mod:`distill.data.tasks`)."""
+        (:mod:`distill.data.tasks`); an unreadable image names its file."""
         configure_dataset_tasks(cfg)
-        task = dataset_task(dataset_name)
-        mapper = task.mapper(cfg, False) if task is not None else None
+        mapper = dataset_mapper(cfg, dataset_name, False)
         return build_detection_test_loader(cfg, dataset_name, mapper=mapper)
 
     @classmethod

@@ -80,6 +80,7 @@ def run_failing(args, tmp_path, env_extra=None):
         (["DISTILL.DISTILLERS", "['FeatureKD']"], "DISTILL.TEACHER.CONFIG_FILE is empty"),
         (["MODEL.WEIGHTS", "weights/none.pkl"], "MODEL.WEIGHTS: expected the weights file"),
         (["DATASETS.TRAIN", "('coco_2017_train',)"], "coco_2017_train"),
+        (["DATASETS.TEST", "('embedded_coco_vall',)"], "DATASETS.TEST: 'embedded_coco_vall'"),
     ],
 )
 def test_bad_input_is_one_clear_line(tmp_path, opts, message):
