@@ -33,7 +33,7 @@ _SKIMAGE_PHOTOS = (  # PNG only: lossless decoding is identical across libraries
     "astronaut.png", "brick.png", "camera.png", "chelsea.png", "coffee.png",
     "coins.png", "grass.png", "gravel.png", "moon.png", "motorcycle_left.png",
 )  # fmt: skip
-_DONE_MARKER = "COMPLETE"
+DONE_MARKER = "COMPLETE"
 
 
 def find_background_images() -> list[Path]:
@@ -226,7 +226,7 @@ def ensure_embedded_dataset(
     """
     paths = embedded_dataset_paths(root, seed, num_images)
     final: Path = paths["dataset_dir"]
-    if (final / _DONE_MARKER).is_file() and not force:
+    if (final / DONE_MARKER).is_file() and not force:
         return paths
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
@@ -234,16 +234,29 @@ def ensure_embedded_dataset(
     try:
         for split, count in (num_images or DEFAULT_NUM_IMAGES).items():
             generate_coco_split(tmp, split, count, seed, progress=progress)
-        (tmp / _DONE_MARKER).write_text(f"{final.name}\n")
-        if final.exists():  # forced, or a leftover without marker: move it aside, then delete
-            trash = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
-            os.replace(final, trash / "old")
-            shutil.rmtree(trash, ignore_errors=True)
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not (final / _DONE_MARKER).is_file():  # lost the race to a complete copy: fine
-                raise
+        publish_generated(tmp, final, replace=force)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return paths
+
+
+def publish_generated(tmp: Path, final: Path, replace: bool = False) -> None:
+    """Mark the generated folder ``tmp`` complete and rename it to ``final``.
+
+    A complete copy already at ``final`` (written meanwhile by a concurrent process: identical)
+    is kept and ``tmp`` left for the caller to delete, unless ``replace``; a leftover without
+    the completion marker is moved aside and deleted first. Readers of a complete copy are never
+    disturbed by a process that finishes later.
+    """
+    (tmp / DONE_MARKER).write_text(f"{final.name}\n")
+    if final.exists():
+        if (final / DONE_MARKER).is_file() and not replace:
+            return
+        trash = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+        os.replace(final, trash / "old")
+        shutil.rmtree(trash, ignore_errors=True)
+    try:
+        os.rename(tmp, final)
+    except OSError:
+        if not (final / DONE_MARKER).is_file():  # lost the race to a complete copy: fine
+            raise

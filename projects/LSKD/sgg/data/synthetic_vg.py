@@ -28,6 +28,7 @@ from distill.data import (
     embedded_dataset_paths,
     ensure_embedded_dataset,
 )
+from distill.data.synthetic_coco import DONE_MARKER, publish_generated
 from sgg.data.synthetic_relations import SYNTH_PREDICATES, annotate_relations, true_predicates
 from sgg.data.vg150 import DICTS_FILE, H5_FILE, IMAGE_DATA_FILE, IMAGE_DIR
 
@@ -39,7 +40,6 @@ SYNTH_ATTRIBUTES = ("big", "occluded", "small", "tall", "truncated", "wide")
 _H5_SPLIT = {"train": 0, "val": 2}  # embedded train -> VG train/val, embedded val -> VG test
 _IMAGE_ID_BASE = {"train": 100_000, "val": 200_000}  # clear of VG's corrupted ids 1592..4617
 _RELATION_STREAM = 1  # extra seed word: relation sampling never shares draws with rendering
-_DONE_MARKER = "COMPLETE"
 
 
 def encode_boxes(boxes: np.ndarray, max_side: np.ndarray | float, box_scale: int) -> np.ndarray:
@@ -104,7 +104,7 @@ def ensure_vgsynth(
         force: Regenerate even if a complete copy exists.
     """
     final = vgsynth_dir(root, seed, num_images)
-    if (final / _DONE_MARKER).is_file() and not force:
+    if (final / DONE_MARKER).is_file() and not force:
         return final
     embedded = ensure_embedded_dataset(root, seed, num_images, progress=False)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -112,16 +112,7 @@ def ensure_vgsynth(
     tmp.chmod(0o755)
     try:
         write_vgsynth(tmp, embedded, seed)
-        (tmp / _DONE_MARKER).write_text(f"{final.name}\n")
-        if final.exists():  # forced, or a leftover without marker
-            trash = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
-            os.replace(final, trash / "old")
-            shutil.rmtree(trash, ignore_errors=True)
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not (final / _DONE_MARKER).is_file():  # lost the race to a complete copy: fine
-                raise
+        publish_generated(tmp, final, replace=force)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
