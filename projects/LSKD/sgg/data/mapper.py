@@ -30,8 +30,9 @@ def filter_duplicate_relations(
 
     Args:
         relations: (R, 3) rows (subject, object, predicate).
-        rng: Random generator; default numpy's global one (seeded per data-loader worker by
-            detectron2), so each load of an image draws anew.
+        rng: Random generator; default numpy's global one, which the training loader seeds
+            per sample from the run's seed and the iteration
+            (:mod:`distill.data.resumable_loader`), so each load of an image draws anew.
 
     Returns:
         (R', 3) the kept rows, in their original order.
