@@ -107,9 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     result = check_resume(args.config_file, args.output_dir, args.opts, args.kill_at,
                           args.overwrite)  # fmt: skip
+    where = f" ({result['worst_tensor']})" if result["max_abs_diff"] > 0 else ""
     print(
         f"{args.config_file}: killed after iteration {args.kill_at} and resumed; final weights "
-        f"differ by at most {result['max_abs_diff']:.3g} ({result['worst_tensor']}); "
+        f"differ by at most {result['max_abs_diff']:.3g}{where}; "
         f"{result['tensors_differ']} of {result['tensors']} tensors differ"
     )
     return int(result["max_abs_diff"] > args.tolerance)

@@ -38,7 +38,7 @@ def test_killed_and_resumed_run_ends_with_the_uninterrupted_weights(
                       *SHORT_RUN])  # fmt: skip
     report = capsys.readouterr().out
     assert code == 0, report
-    assert "differ by at most 0 " in report and " 0 of " in report
+    assert "differ by at most 0;" in report and " 0 of " in report
     result = tool.compare_final_weights(tmp_path / "full", tmp_path / "cut")
     assert result["iterations"] == (8, 8)
 
