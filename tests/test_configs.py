@@ -89,7 +89,7 @@ def bare_trainer(cfg, checkpointer, start_iter: int = 0):
     from distill.engine import DistillTrainer
 
     trainer = DistillTrainer.__new__(DistillTrainer)
-    trainer.cfg, trainer.checkpointer = cfg, checkpointer
+    trainer.cfg, trainer.checkpointer, trainer.seed = cfg, checkpointer, 0
     trainer.iter, trainer.start_iter = start_iter - 1, start_iter
     return trainer
 
@@ -98,10 +98,9 @@ def bare_trainer(cfg, checkpointer, start_iter: int = 0):
 def test_coco_missing_weights_fail_early(path, tmp_path, monkeypatch):
     """Without its ImageNet weights file a COCO config fails in resume_or_load, before loading,
     naming MODEL.WEIGHTS, the expected file and the README; nothing is downloaded."""
-    from detectron2.checkpoint import DetectionCheckpointer
     from torch import nn
 
-    from distill.checkpoint import check_local_weights
+    from distill.checkpoint import SafeCheckpointer, check_local_weights
 
     monkeypatch.chdir(tmp_path)  # the relative weights/ path resolves to an empty folder
     cfg = load(path)
@@ -110,7 +109,7 @@ def test_coco_missing_weights_fail_early(path, tmp_path, monkeypatch):
         check_local_weights(cfg.MODEL.WEIGHTS, "MODEL.WEIGHTS")
     assert expected in str(direct.value)
 
-    checkpointer = DetectionCheckpointer(nn.Linear(1, 1), save_dir=str(tmp_path / "out"))
+    checkpointer = SafeCheckpointer(nn.Linear(1, 1), save_dir=str(tmp_path / "out"))
     with pytest.raises(FileNotFoundError, match="MODEL.WEIGHTS") as err:
         bare_trainer(cfg, checkpointer).resume_or_load(resume=False)
     assert expected in str(err.value) and "configs/coco/README.md" in str(err.value)
@@ -121,16 +120,17 @@ def test_coco_missing_weights_fail_early(path, tmp_path, monkeypatch):
 
 def test_resume_and_empty_weights_skip_check(tmp_path):
     """Resuming from OUTPUT_DIR's checkpoint, or MODEL.WEIGHTS "", needs no weights file."""
-    from detectron2.checkpoint import DetectionCheckpointer
     from torch import nn
 
+    from distill.checkpoint import SafeCheckpointer
+
     cfg = load(COCO_DIR / "faster_rcnn_R_50_FPN_1x.yaml", "MODEL.WEIGHTS", "no/such/file.pkl")
-    checkpointer = DetectionCheckpointer(nn.Linear(1, 1), save_dir=str(tmp_path))
+    checkpointer = SafeCheckpointer(nn.Linear(1, 1), save_dir=str(tmp_path))
     checkpointer.save("model_0000000")
     bare_trainer(cfg, checkpointer).resume_or_load(resume=True)
 
     cfg.MODEL.WEIGHTS = ""
-    empty = DetectionCheckpointer(nn.Linear(1, 1), save_dir=str(tmp_path / "empty"))
+    empty = SafeCheckpointer(nn.Linear(1, 1), save_dir=str(tmp_path / "empty"))
     bare_trainer(cfg, empty).resume_or_load(resume=False)
 
 
