@@ -250,6 +250,7 @@ def save_random_teacher(cfg: CfgNode, batch: list[dict], directory: str, seed: i
 
     from distill.teacher import teacher_config
 
+    os.makedirs(directory, exist_ok=True)
     seed_all_rng(seed)
     model = build_model(teacher_config(cfg))
     calibrate_frozen_batchnorm(model, _to_device(batch, model.device))
