@@ -44,7 +44,7 @@ from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage
 
 from distill.checkpoint import student_state_dict
-from distill.errors import ConfigValueError
+from distill.compiled_ops import check_device
 from distill.export import plain_config
 
 MIB, MEMORY_CALLS = 2**20, 2
@@ -216,17 +216,6 @@ def calibrate_frozen_batchnorm(model: torch.nn.Module, batch: list[dict]) -> int
             handle.remove()
         model.train(was_training)
     return len(layers) - len(handles)
-
-
-def check_device(cfg: CfgNode) -> torch.device:
-    """``MODEL.DEVICE`` as a device; ConfigValueError if it is CUDA and torch finds none."""
-    device = torch.device(cfg.MODEL.DEVICE)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigValueError(
-            f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r} but torch finds no CUDA device: "
-            "add MODEL.DEVICE cpu to run on the CPU"
-        )
-    return device
 
 
 def distillers_reading_teacher(cfg: CfgNode) -> list[str]:

@@ -42,7 +42,8 @@ def check_finite_losses(loss_dict: Mapping[str, torch.Tensor], iteration: int) -
 
 class FiniteGradientCheck:
     """Optimizer step pre-hook: raises :class:`DivergenceError` before a step with any
-    non-finite gradient, naming the parameters and the iteration's losses.
+    non-finite gradient, naming the parameters and the iteration's losses. Checks once per
+    iteration of the event storage.
 
     Args:
         model: the module whose parameters the optimizer steps (for their names).
@@ -50,8 +51,14 @@ class FiniteGradientCheck:
 
     def __init__(self, model: nn.Module):
         self._names = {id(p): name for name, p in model.named_parameters()}
+        self._checked_iter = None
 
     def __call__(self, optimizer: torch.optim.Optimizer, args, kwargs) -> None:
+        storage = get_event_storage()
+        # detectron2's clipping optimizer steps through its parent class's hooked step too
+        if storage.iter == self._checked_iter:
+            return
+        self._checked_iter = storage.iter
         grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
         # the max-norm is finite iff every entry is (a 2-norm overflows for finite huge values)
         if not grads or torch.isfinite(torch.nn.utils.get_total_norm(grads, math.inf)):
@@ -62,7 +69,6 @@ class FiniteGradientCheck:
             for p in g["params"]
             if p.grad is not None and not torch.isfinite(p.grad).all()
         ]
-        storage = get_event_storage()
         losses = {k: v for k, (v, _) in storage.latest().items() if k.startswith("loss")}
         shown = ", ".join(f"{k}={v:.3g}" for k, v in sorted(losses.items()))
         raise DivergenceError(

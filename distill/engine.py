@@ -41,7 +41,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from distill.checkpoint import SafeCheckpointer, check_local_weights
-from distill.compiled_ops import check_compiled_ops
+from distill.compiled_ops import check_compiled_ops, check_device
 from distill.data.register import check_builtin_dataset_root, check_datasets
 from distill.data.resumable_loader import build_seeded_train_loader, seed_iteration
 from distill.data.tasks import configure_dataset_tasks, dataset_mapper, dataset_task
@@ -115,8 +115,9 @@ class DistillTrainer(DefaultTrainer):
 
     @classmethod
     def build_model(cls, cfg) -> nn.Module:
-        """detectron2's model. Fails first on a config needing compiled ops this install lacks,
-        and on distillers configured for a meta-architecture that cannot run them."""
+        """detectron2's model. Fails first on a config needing CUDA or compiled ops this machine
+        lacks, and on distillers configured for a meta-architecture that cannot run them."""
+        check_device(cfg)
         check_compiled_ops(cfg)
         configure_dataset_tasks(cfg)  # models may read training statistics of their datasets
         model = super().build_model(cfg)

@@ -44,12 +44,8 @@ from detectron2.config import CfgNode
 from detectron2.structures import Boxes, Instances
 
 import distill
-from distill.benchmark import (
-    check_device,
-    distillers_reading_teacher,
-    run_benchmark,
-    save_random_teacher,
-)
+from distill.benchmark import distillers_reading_teacher, run_benchmark, save_random_teacher
+from distill.compiled_ops import check_device
 from distill.errors import ConfigValueError, run_cli
 from distill.export import plain_config
 from distill.modeling import HEAD_CONFIG_NODES

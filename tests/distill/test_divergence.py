@@ -31,13 +31,15 @@ def test_gradient_check_names_parameters_before_the_step():
     with EventStorage(4) as storage:
         storage.put_scalar("loss_cls", 3e38)
         model(torch.ones(1, 2)).sum().backward()
-        optimizer.step()  # 1e30-sized finite gradients pass (their 2-norm would overflow)
+        optimizer.step()
+        storage.iter = 5
         for p in model.parameters():
             p.grad.fill_(1e30)
-        optimizer.step()
+        optimizer.step()  # 1e30-sized finite gradients pass (their 2-norm would overflow)
+        storage.iter = 6
         model[1].weight.grad[0, 0] = math.nan
         before = model[1].weight.detach().clone()
-        with pytest.raises(DivergenceError, match=r"iteration 4: .*gradients of 1\.weight "
+        with pytest.raises(DivergenceError, match=r"iteration 6: .*gradients of 1\.weight "
                                                   r"\(losses loss_cls=3e\+38\)"):  # fmt: skip
             optimizer.step()
     assert torch.equal(model[1].weight, before)  # no step taken

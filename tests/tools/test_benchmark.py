@@ -129,7 +129,7 @@ def test_calibrated_frozen_batchnorm_normalises_its_input():
 def test_cuda_device_without_cuda_is_one_line(monkeypatch):
     """The COCO configs keep detectron2's MODEL.DEVICE cuda: on a machine without CUDA the
     tool stops before building anything, saying how to run on the CPU."""
-    from distill.benchmark import check_device
+    from distill.compiled_ops import check_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     cfg = tiny_cfg("retinanet", "MODEL.DEVICE", "cuda:0")

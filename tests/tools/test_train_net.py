@@ -81,6 +81,11 @@ def run_failing(args, tmp_path, env_extra=None):
         (["MODEL.WEIGHTS", "weights/none.pkl"], "MODEL.WEIGHTS: expected the weights file"),
         (["DATASETS.TRAIN", "('coco_2017_train',)"], "coco_2017_train"),
         (["DATASETS.TEST", "('embedded_coco_vall',)"], "DATASETS.TEST: 'embedded_coco_vall'"),
+        pytest.param(
+            ["MODEL.DEVICE", "cuda"],
+            "MODEL.DEVICE is 'cuda' but torch finds no CUDA",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="has CUDA"),
+        ),
     ],
 )
 def test_bad_input_is_one_clear_line(tmp_path, opts, message):
