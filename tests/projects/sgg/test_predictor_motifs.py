@@ -238,6 +238,13 @@ def test_build_from_config():
     assert model(make_inputs(mode="sgcls")).rel_logits.shape == (18, P + 1)
 
 
+class Payload:
+    """Unpickling it would run ``print``: a stand-in for code in a crafted file."""
+
+    def __reduce__(self):
+        return print, ("code ran",)
+
+
 def test_bad_config_and_inputs_give_clear_errors(tmp_path):
     with pytest.raises(ConfigValueError, match="CONTEXT_OBJ_LAYER"):
         build_predictor(small_cfg(CONTEXT_OBJ_LAYER=0), D)
@@ -245,6 +252,12 @@ def test_bad_config_and_inputs_give_clear_errors(tmp_path):
         build_predictor(small_cfg(CONTEXT_DROPOUT_RATE=1.0), D)
     with pytest.raises(MissingFileError, match="EMBED_FILE"):
         build_predictor(small_cfg(EMBED_FILE=str(tmp_path / "glove.npy")), D)
+    (tmp_path / "cut.npy").write_bytes(b"\x93NUMPY")  # a truncated array file
+    with pytest.raises(ConfigValueError, match="EMBED_FILE: .*cut.npy' is not a readable"):
+        build_predictor(small_cfg(EMBED_FILE=str(tmp_path / "cut.npy")), D)
+    torch.save({"vectors": Payload()}, tmp_path / "vec.pth")
+    with pytest.raises(ConfigValueError, match="EMBED_FILE: .*vec.pth' holds a pickled"):
+        build_predictor(small_cfg(EMBED_FILE=str(tmp_path / "vec.pth")), D)
     model = make_model().eval()
     with pytest.raises(ConfigValueError, match="obj_features"):
         make_model(feature_dim=D + 1)(make_inputs())

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from distill.checkpoint import expand_path
+from distill.checkpoint import expand_path, read_weights_file
 from distill.errors import ConfigValueError, MissingFileError
 
 
@@ -26,7 +26,14 @@ def class_embedding(num_classes: int, dim: int, path: str = "") -> nn.Embedding:
     path = expand_path(path)
     if not os.path.isfile(path):
         raise MissingFileError(f"MODEL.ROI_RELATION_HEAD.EMBED_FILE: no file at {path!r}")
-    vectors = torch.load(path) if path.endswith((".pt", ".pth")) else np.load(path)
+    key = "MODEL.ROI_RELATION_HEAD.EMBED_FILE"
+    if path.endswith((".pt", ".pth")):
+        vectors = read_weights_file(path, key)  # no code runs from the file
+    else:
+        try:
+            vectors = np.load(path)  # arrays only: numpy refuses pickled objects
+        except (ValueError, OSError, EOFError) as e:
+            raise ConfigValueError(f"{key}: {path!r} is not a readable .npy array: {e}") from None
     vectors = torch.as_tensor(np.asarray(vectors), dtype=torch.float32)
     if tuple(vectors.shape) != (num_classes, dim):
         raise ConfigValueError(
