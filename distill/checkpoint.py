@@ -33,6 +33,8 @@ from distill.errors import ConfigValueError, MissingFileError
 
 logger = logging.getLogger(__name__)
 
+# What names the checkpoint that ``--resume`` loads, in messages.
+RESUME_SOURCE = "--resume (OUTPUT_DIR/last_checkpoint)"
 # Distiller modules live under this prefix in the student's state_dict (``model.distillers``).
 DISTILLER_PREFIX = "distillers."
 

@@ -40,7 +40,7 @@ from detectron2.utils.logger import setup_logger
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from distill.checkpoint import SafeCheckpointer, check_local_weights
+from distill.checkpoint import RESUME_SOURCE, SafeCheckpointer, check_local_weights
 from distill.compiled_ops import check_compiled_ops, check_device
 from distill.data.register import check_builtin_dataset_root, check_datasets
 from distill.data.resumable_loader import build_seeded_train_loader, seed_iteration
@@ -237,9 +237,7 @@ class DistillTrainer(DefaultTrainer):
         file fails here, naming the path.
         """
         resuming = resume and self.checkpointer.has_checkpoint()
-        self.checkpointer.source = "--resume (OUTPUT_DIR/last_checkpoint)" if resuming else (
-            "MODEL.WEIGHTS"
-        )  # fmt: skip
+        self.checkpointer.source = RESUME_SOURCE if resuming else "MODEL.WEIGHTS"
         self.checkpointer.exact = resuming
         if self.cfg.MODEL.WEIGHTS and not resuming:
             check_local_weights(self.cfg.MODEL.WEIGHTS, "MODEL.WEIGHTS")

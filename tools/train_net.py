@@ -20,7 +20,7 @@ from detectron2.engine import default_argument_parser, default_setup
 from detectron2.evaluation import verify_results
 
 import distill
-from distill.checkpoint import StudentCheckpointer
+from distill.checkpoint import RESUME_SOURCE, StudentCheckpointer
 from distill.engine import DistillTrainer, check_output_dir
 from distill.errors import ConfigValueError, run_cli
 from distill.export import plain_config
@@ -58,7 +58,7 @@ def main(args):
         model = DistillTrainer.build_model(plain_config(cfg))
         checkpointer = StudentCheckpointer(model, cfg.OUTPUT_DIR, exact=True)
         if args.resume and checkpointer.has_checkpoint():
-            checkpointer.source = "--resume (OUTPUT_DIR/last_checkpoint)"
+            checkpointer.source = RESUME_SOURCE
         elif not cfg.MODEL.WEIGHTS:
             raise ConfigValueError(
                 "--eval-only needs the weights to evaluate: set MODEL.WEIGHTS (or pass --resume "
