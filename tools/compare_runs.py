@@ -6,15 +6,24 @@
 
 Each (config, seed) run trains from scratch with ``SEED`` set to the seed and writes to
 ``<output-dir>/<config stem>/seed<seed>``; its final evaluation is kept in ``results.json``
-there. A run whose ``results.json`` exists is not trained again, so an interrupted comparison
-continues where it stopped. The table (markdown) lists AP, AP50 and AP75 per run and the mean
-per config, and is also written to ``<output-dir>/table.md``.
+there, with the AP of its teacher (from the teacher card of ``DISTILL.TEACHER.WEIGHTS``, null
+without a teacher or card) as it was when the run trained. A run whose ``results.json`` exists
+is not trained again, so an interrupted comparison continues where it stopped. The table
+(markdown) lists AP, AP50, AP75 and the teacher AP per run and the mean per config, and is also
+written to ``<output-dir>/table.md``.
+
+A run FAILS when its final evaluation has no bbox result or a NaN AP (the model predicted
+nothing: detectron2 logs "No predictions from the model!"). A failed run is named on one line
+with its folder (its log is kept there), gets no ``results.json`` (a NaN one written by an
+older version is moved to ``results.json.failed``), so a rerun trains it again, and is left out
+of the table and the means. The other runs still train; the tool then exits non-zero.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import time
@@ -22,18 +31,65 @@ import time
 from detectron2.utils.logger import setup_logger
 
 import distill
+from distill.checkpoint import expand_path
+from distill.distiller import TEACHER_ITEMS
 from distill.engine import train_and_evaluate
 from distill.errors import run_cli
+from distill.registry import get_distiller_class
+from distill.teacher_card import TeacherCardError, read_card
 
 METRICS = ("AP", "AP50", "AP75")
 
 
+class RunFailed(Exception):
+    """A run whose final evaluation cannot be compared; the message says what was seen."""
+
+
+def check_bbox(bbox: dict | None) -> None:
+    """Raise :class:`RunFailed` unless ``bbox`` holds every metric and a finite AP."""
+    if not bbox:
+        raise RunFailed("no bbox result in the final evaluation")
+    missing = [m for m in METRICS if m not in bbox]
+    if missing:
+        raise RunFailed(f"the bbox result lacks {', '.join(missing)}")
+    if math.isnan(bbox["AP"]):
+        raise RunFailed("no predictions: AP is NaN")
+
+
+def teacher_ap(cfg) -> float | None:
+    """The card AP of the teacher ``cfg`` distills from; None without a used teacher or card."""
+    weights = cfg.DISTILL.TEACHER.WEIGHTS
+    used = any(get_distiller_class(n).needs & TEACHER_ITEMS for n in cfg.DISTILL.DISTILLERS)
+    if not weights or not used:
+        return None
+    try:
+        ap = read_card(expand_path(weights)).ap
+    except TeacherCardError:
+        return None
+    return ap if math.isfinite(ap) else None  # results.json stays valid JSON
+
+
+def read_results(results_file: str) -> dict:
+    """A finished run's record; a NaN one (older versions wrote those) is moved aside."""
+    with open(results_file) as f:
+        record = json.load(f)
+    try:
+        check_bbox(record)
+    except RunFailed as e:
+        os.replace(results_file, results_file + ".failed")
+        raise RunFailed(f"{e} (in {results_file}, moved to results.json.failed)") from None
+    return record
+
+
 def run_one(config_file: str, seed: int, output_dir: str, opts: list[str]) -> dict:
-    """The bbox metrics of one (config, seed) run, trained now or read from its results."""
+    """The bbox metrics of one (config, seed) run, trained now or read from its results.
+
+    Raises:
+        RunFailed: no bbox result or a NaN AP; no ``results.json`` is left behind.
+    """
     results_file = os.path.join(output_dir, "results.json")
     if os.path.isfile(results_file):
-        with open(results_file) as f:
-            return json.load(f)
+        return read_results(results_file)
     cfg = distill.get_distill_cfg()
     cfg.merge_from_file(config_file)
     cfg.merge_from_list(opts)
@@ -42,25 +98,41 @@ def run_one(config_file: str, seed: int, output_dir: str, opts: list[str]) -> di
     os.makedirs(output_dir, exist_ok=True)
     setup_logger(output_dir)
     start = time.perf_counter()
+    record = {"teacher_ap": teacher_ap(cfg)}
     results = train_and_evaluate(cfg)
     (dataset,) = results  # one test dataset
-    record = {**{k: results[dataset]["bbox"][k] for k in METRICS}, "dataset": dataset}
+    check_bbox(results[dataset].get("bbox"))
+    record.update({k: results[dataset]["bbox"][k] for k in METRICS}, dataset=dataset)
     record["minutes"] = (time.perf_counter() - start) / 60
     with open(results_file, "w") as f:
         json.dump(record, f, indent=1)
     return record
 
 
+def _ap(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
 def table(records: dict[str, dict[int, dict]]) -> str:
-    """Markdown table: one row per run, then the mean of each config."""
-    lines = ["| config | seed | " + " | ".join(METRICS) + " | minutes |", "|---" * 6 + "|"]
+    """Markdown table: one row per run, then the mean of each config.
+
+    ``records``: config -> seed -> record (``results.json``); a record without ``teacher_ap``
+    (older versions) shows "-" like one without a teacher.
+    """
+    header = "| config | seed | " + " | ".join(METRICS) + " | teacher AP | minutes |"
+    lines = [header, "|---" * 7 + "|"]
     for config, runs in records.items():
         for seed, r in runs.items():
             values = " | ".join(f"{r[m]:.1f}" for m in METRICS)
-            lines.append(f"| {config} | {seed} | {values} | {r['minutes']:.1f} |")
+            teacher = _ap(r.get("teacher_ap"))
+            lines.append(f"| {config} | {seed} | {values} | {teacher} | {r['minutes']:.1f} |")
     for config, runs in records.items():
+        if not runs:
+            continue
         means = " | ".join(f"{statistics.mean(r[m] for r in runs.values()):.1f}" for m in METRICS)
-        lines.append(f"| {config} | mean | {means} | |")
+        teachers = [r["teacher_ap"] for r in runs.values() if r.get("teacher_ap") is not None]
+        teacher = _ap(statistics.mean(teachers) if teachers else None)
+        lines.append(f"| {config} | mean | {means} | {teacher} | |")
     return "\n".join(lines)
 
 
@@ -72,15 +144,27 @@ def main() -> None:
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args()
     records: dict[str, dict[int, dict]] = {}
+    failed: list[str] = []
     for config_file in args.configs:
         stem = os.path.splitext(os.path.basename(config_file))[0]
         for seed in args.seeds:
             out = os.path.join(args.output_dir, stem, f"seed{seed}")
-            records.setdefault(stem, {})[seed] = run_one(config_file, seed, out, args.opts)
+            try:
+                records.setdefault(stem, {})[seed] = run_one(config_file, seed, out, args.opts)
+            except RunFailed as e:
+                failed.append(f"{stem} seed {seed}")
+                print(f"FAILED: {stem} seed {seed} ({out}, log kept): {e}", flush=True)
     text = table(records)
+    os.makedirs(args.output_dir, exist_ok=True)
     with open(os.path.join(args.output_dir, "table.md"), "w") as f:
         f.write(text + "\n")
     print(text)
+    if failed:
+        total = len(args.configs) * len(args.seeds)
+        raise SystemExit(
+            f"{len(failed)} of {total} runs failed: {', '.join(failed)} "
+            "(see the FAILED lines above; a rerun trains them again)"
+        )
 
 
 if __name__ == "__main__":
