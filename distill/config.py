@@ -65,8 +65,24 @@ def add_distill_config(cfg: CN) -> None:
         _C.DISTILL.TEACHER.AUTOCAST = False
         # Load teacher weights even when keys are missing/unexpected or shapes differ (only warn).
         _C.DISTILL.TEACHER.ALLOW_MISMATCHED_WEIGHTS = False
+        # Refuse a teacher without a passing card (WEIGHTS with ".card.json" for the extension:
+        # distill/teacher_card.py). False lets an unverified teacher teach, with a warning.
+        _C.DISTILL.TEACHER.REQUIRE_CARD = True
+        # Stop the run when a distillation loss exceeds FACTOR x the student's own (detection)
+        # losses for PATIENCE consecutive iterations: the sign of a broken teacher.
+        _C.DISTILL.LOSS_RATIO_STOP = CN()
+        _C.DISTILL.LOSS_RATIO_STOP.ENABLED = True
+        _C.DISTILL.LOSS_RATIO_STOP.FACTOR = 1000.0
+        _C.DISTILL.LOSS_RATIO_STOP.PATIENCE = 10
         # DDP: find parameters without gradient (a distiller switched off by its schedule).
         _C.DISTILL.FIND_UNUSED_PARAMETERS = True
+    if "TEACHER_GATE" not in cfg:
+        # What a trained teacher must show before tools/train_teachers.py installs it (and
+        # tools/card_teacher.py cards it): box AP (percent) on DATASETS.TEST[0] of at least
+        # MIN_AP, and outputs that differ between the first IMAGES test images.
+        cfg.TEACHER_GATE = CN()
+        cfg.TEACHER_GATE.MIN_AP = 0.0
+        cfg.TEACHER_GATE.IMAGES = 8
     if "PLATEAU" not in cfg.SOLVER:
         # SOLVER.LR_SCHEDULER_NAME "WarmupReduceLROnPlateau" (distill/plateau.py): after each
         # periodic evaluation, LR x FACTOR when METRIC (a flattened result key, higher is

@@ -26,6 +26,7 @@ from distill.checkpoint import (
 )
 from distill.compiled_ops import check_compiled_ops
 from distill.errors import ConfigValueError, MissingFileError
+from distill.teacher_card import TeacherCard, check_teacher_card
 
 logger = logging.getLogger(__name__)
 
@@ -43,12 +44,20 @@ class Teacher:
         model: a detectron2 meta-architecture with weights loaded.
         input_format: the teacher's ``INPUT.FORMAT``.
         autocast: run forwards under ``torch.autocast`` (outputs are cast back to fp32).
+        card: the teacher card of its weights, or None for an unverified teacher.
     """
 
-    def __init__(self, model: nn.Module, input_format: str, autocast: bool = False):
+    def __init__(
+        self,
+        model: nn.Module,
+        input_format: str,
+        autocast: bool = False,
+        card: TeacherCard | None = None,
+    ):
         self.model = model.eval().requires_grad_(False)
         self.input_format = input_format
         self.autocast = autocast
+        self.card = card
 
     @property
     def device(self) -> torch.device:
@@ -114,11 +123,14 @@ def teacher_config(cfg: CfgNode) -> CfgNode:
 def build_teacher(cfg: CfgNode, student_format: str) -> Teacher:
     """Build the teacher described by ``cfg.DISTILL.TEACHER`` and load its weights.
 
-    The config is :func:`teacher_config`. Checkpoint keys of distillers (``distillers.*``) are
-    dropped, so a distilled student's checkpoint can teach.
+    The config is :func:`teacher_config`. The weights' teacher card is checked and logged first
+    (:func:`distill.teacher_card.check_teacher_card`). Checkpoint keys of distillers
+    (``distillers.*``) are dropped, so a distilled student's checkpoint can teach.
 
     Raises:
         ValueError / FileNotFoundError: a key is empty or names a missing file.
+        TeacherCardError: no passing card for the weights, unless not
+            ``DISTILL.TEACHER.REQUIRE_CARD``.
         TeacherWeightsError: missing, unexpected or wrongly shaped keys, unless
             ``DISTILL.TEACHER.ALLOW_MISMATCHED_WEIGHTS``.
     """
@@ -130,6 +142,7 @@ def build_teacher(cfg: CfgNode, student_format: str) -> Teacher:
             f"(the checkpoint of the model described by {config_file})."
         )
     check_local_weights(weights, "DISTILL.TEACHER.WEIGHTS")
+    card = check_teacher_card(weights, require=cfg.DISTILL.TEACHER.REQUIRE_CARD)
     check_compiled_ops(teacher_cfg, f"the teacher ({config_file})")
     fmt = teacher_cfg.INPUT.FORMAT
     if fmt != student_format and not {fmt, student_format} <= _SWAPPABLE_FORMATS:
@@ -138,7 +151,7 @@ def build_teacher(cfg: CfgNode, student_format: str) -> Teacher:
         )
     model = build_model(teacher_cfg)
     load_teacher_weights(model, weights, cfg.DISTILL.TEACHER.ALLOW_MISMATCHED_WEIGHTS)
-    return Teacher(model, fmt, autocast=cfg.DISTILL.TEACHER.AUTOCAST)
+    return Teacher(model, fmt, autocast=cfg.DISTILL.TEACHER.AUTOCAST, card=card)
 
 
 def load_teacher_weights(model: nn.Module, path: str, allow_mismatch: bool) -> None:

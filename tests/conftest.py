@@ -34,7 +34,7 @@ def tiny_cfg(family: str, *opts, distillers=(), teacher=None, freeze: bool = Tru
     """A tiny CPU config of ``family`` (faster_rcnn / retinanet / fcos) with extra overrides.
 
     Args:
-        teacher: (config_file, weights) of a teacher, or None.
+        teacher: (config_file, weights) of a teacher, or None; it needs no teacher card.
     """
     import distill
 
@@ -44,6 +44,7 @@ def tiny_cfg(family: str, *opts, distillers=(), teacher=None, freeze: bool = Tru
     cfg.DISTILL.DISTILLERS = list(distillers)
     if teacher is not None:
         cfg.DISTILL.TEACHER.CONFIG_FILE, cfg.DISTILL.TEACHER.WEIGHTS = map(str, teacher)
+        cfg.DISTILL.TEACHER.REQUIRE_CARD = False  # random-init teachers have no card
     cfg.merge_from_list(list(opts))
     if freeze:
         cfg.freeze()

@@ -210,6 +210,7 @@ def with_random_teacher(cfg: CfgNode, batch: list, directory: str, seed: int) ->
     cfg = cfg.clone()
     cfg.defrost()
     cfg.DISTILL.TEACHER.WEIGHTS = save_random_teacher(cfg, batch, directory, seed)
+    cfg.DISTILL.TEACHER.REQUIRE_CARD = False  # a random teacher is unverified by design
     cfg.freeze()
     return cfg
 
