@@ -50,6 +50,7 @@ from distill.divergence import (
     CheckedSimpleTrainer,
     FiniteGradientCheck,
     FiniteWeightsCheck,
+    build_loss_ratio_stop,
 )
 from distill.errors import ConfigValueError
 from distill.plateau import SCHEDULER_NAME as PLATEAU_SCHEDULER
@@ -106,6 +107,7 @@ class DistillTrainer(DefaultTrainer):
         model = create_ddp_model(model, find_unused)
         trainer_cls = CheckedAMPTrainer if cfg.SOLVER.AMP.ENABLED else CheckedSimpleTrainer
         self._trainer = trainer_cls(model, data_loader, optimizer)
+        self._trainer.loss_ratio_stop = build_loss_ratio_stop(cfg, unwrap(model))
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = SafeCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.start_iter = 0

@@ -42,6 +42,12 @@ class DivergenceError(ConfigError, FloatingPointError):
     and the losses or parameters (usually the learning rate is too high for the model)."""
 
 
+class BrokenTeacherError(DivergenceError):
+    """Distillation losses dwarfed the student's own losses for many iterations in a row (a
+    collapsed or wrongly scaled teacher): the message names the iteration, the losses, the
+    teacher and the ``DISTILL.LOSS_RATIO_STOP`` keys."""
+
+
 def run_cli(main, *args):
     """Run a tool's ``main``; a :class:`ConfigError` ends it with one ``error: ...`` line."""
     try:
