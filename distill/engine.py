@@ -13,7 +13,11 @@ Differences from ``DefaultTrainer``:
   checkpoint, a resumed run continues exactly as the uninterrupted one;
 * weights are read without running code from the file (:mod:`distill.checkpoint`); ``--resume``
   refuses a checkpoint of another model; checkpoints are written atomically;
-* a non-finite loss, gradient or weight stops the run at once (:mod:`distill.divergence`);
+* ``SEED`` also seeds the model's initialisation: two runs with the same seed start from, and
+  (single process, same thread count) end with, the same weights;
+* a non-finite loss, gradient or weight stops the run at once, and so does a distillation loss
+  that dwarfs the student's own losses for several iterations (a broken teacher)
+  (:mod:`distill.divergence`);
 * ``SOLVER.LR_SCHEDULER_NAME: WarmupReduceLROnPlateau`` lowers the LR when the periodic
   evaluation stalls (:mod:`distill.plateau`);
 * AMP is refused with a clear message where detectron2's AMPTrainer cannot run (no CUDA);
@@ -95,8 +99,11 @@ class DistillTrainer(DefaultTrainer):
                 "SOLVER.AMP.ENABLED needs MODEL.DEVICE cuda with a GPU available"
             )
         check_datasets(cfg)  # DATASETS.TRAIN and TEST, before anything is built
-        # one seed for the whole run (drawn when SEED < 0), saved with the checkpoints
+        # one seed for the whole run (drawn when SEED < 0), saved with the checkpoints; it also
+        # seeds the model's initialisation, so every tool that trains starts from the same weights
         self.seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
+        logger.info(f"Run seed: {self.seed}" + ("" if cfg.SEED >= 0 else " (drawn: SEED < 0)"))
+        seed_all_rng(self.seed)
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         optimizer.register_step_pre_hook(FiniteGradientCheck(model))
@@ -293,7 +300,6 @@ def check_output_dir(output_dir: str, resume: bool, overwrite: bool) -> None:
 def train_and_evaluate(cfg) -> dict[str, dict[str, float]]:
     """Train ``cfg`` from scratch (no resume) and return its final evaluation,
     dataset -> task -> metric (e.g. ``{"embedded_coco_val": {"bbox": {"AP": ...}}}``)."""
-    seed_all_rng(cfg.SEED if cfg.SEED >= 0 else None)
     trainer = DistillTrainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()

@@ -63,3 +63,26 @@ def test_evaluation_reports_coco_ap(tmp_path):
     model = build_model(cfg)
     results = DistillTrainer.test(cfg, model)
     assert set(results["bbox"]) >= {"AP", "AP50", "AP75", "APs", "APm", "APl"}
+
+
+def test_same_seed_same_weights_whatever_the_global_state(tmp_path, teacher_files):
+    """SEED alone fixes the initialisation and the training: two runs started from different
+    global random states end with bit-identical weights, and the seed is in the checkpoint."""
+    teacher = teacher_files("retinanet")
+    finals, inits = [], []
+    for run, global_seed in (("a", 0), ("b", 999)):
+        torch.manual_seed(global_seed)
+        trainer = trainer_for(tmp_path / run, teacher, 3, "MODEL.RESNETS.NORM", "BN")
+        inits.append(trainer.model.state_dict()["backbone.fpn_output3.weight"].clone())
+        trainer.resume_or_load(resume=False)
+        trainer.train()
+        saved = torch.load(tmp_path / run / "model_final.pth", weights_only=True)
+        assert saved["trainer"]["seed"] == 7
+        finals.append(saved["model"])
+    assert finals[0].keys() == finals[1].keys()
+    for key, value in finals[0].items():
+        assert torch.equal(value, finals[1][key]), key
+    assert torch.equal(inits[0], inits[1])
+    torch.manual_seed(0)
+    other = trainer_for(tmp_path / "c", teacher, 3, "MODEL.RESNETS.NORM", "BN", "SEED", 8)
+    assert not torch.equal(other.model.state_dict()["backbone.fpn_output3.weight"], inits[0])
