@@ -14,6 +14,7 @@ gate saw; the command exits non-zero when the gate fails.
 from __future__ import annotations
 
 import argparse
+import tempfile
 
 from detectron2.utils.logger import setup_logger
 
@@ -34,12 +35,14 @@ def main(argv: list[str] | None = None) -> None:
     cfg = distill.get_distill_cfg()
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
-    cfg.freeze()
     weights = expand_path(args.weights)
-    model = load_for_gate(cfg, weights, source="--weights")
-    card = card_teacher(
-        cfg, model, weights, config_file=args.config_file, source="tools/card_teacher.py"
-    )
+    with tempfile.TemporaryDirectory() as scratch:
+        cfg.OUTPUT_DIR = scratch  # the evaluator's files; only the card is kept
+        cfg.freeze()
+        model = load_for_gate(cfg, weights, source="--weights")
+        card = card_teacher(
+            cfg, model, weights, config_file=args.config_file, source="tools/card_teacher.py"
+        )
     print(f"{card_path(weights)}: {card.summary()}")
     if not card.passed:
         raise SystemExit(f"{weights} fails the teacher gate: {card.verdict}")

@@ -61,3 +61,25 @@ def test_train_gate_card_install_and_refusals(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit, match="installed teacher .* fails its gate"):
         run_tool(monkeypatch, tmp_path, "TEACHER_GATE.MIN_AP", "90.0")
     assert not read_card(str(installed)).passed
+
+
+def test_card_teacher_cards_external_weights(tmp_path, monkeypatch):
+    import torch
+    from conftest import tiny_cfg
+    from detectron2.modeling import build_model
+
+    spec = importlib.util.spec_from_file_location("card_teacher", REPO / "tools/card_teacher.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    torch.manual_seed(0)
+    weights = tmp_path / "external.pth"
+    torch.save({"model": build_model(tiny_cfg("faster_rcnn")).state_dict()}, weights)
+    argv = ["--config-file", str(REPO / "configs/embedded/faster_rcnn_R18_small.yaml"),
+            "--weights", str(weights), *OPTS, *GATE]  # fmt: skip
+    tool.main([*argv, "TEACHER_GATE.MIN_AP", "0.0"])
+    card = read_card(str(weights))
+    assert card.passed and card.seed is None and card.iterations is None
+    assert card.source == "tools/card_teacher.py" and "external weights" in card.summary()
+    with pytest.raises(SystemExit, match="fails the teacher gate: AP .* below TEACHER_GATE.MIN_AP"):
+        tool.main([*argv, "TEACHER_GATE.MIN_AP", "90.0"])
+    assert not read_card(str(weights)).passed
