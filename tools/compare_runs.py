@@ -9,14 +9,17 @@ Each (config, seed) run trains from scratch with ``SEED`` set to the seed and wr
 there, with the AP of its teacher (from the teacher card of ``DISTILL.TEACHER.WEIGHTS``, null
 without a teacher or card) as it was when the run trained. A run whose ``results.json`` exists
 is not trained again, so an interrupted comparison continues where it stopped. The table
-(markdown) lists AP, AP50, AP75 and the teacher AP per run and the mean per config, and is also
+(markdown) lists AP, AP50, AP75, the teacher AP and the largest ratio of distillation to the
+student's own losses (``distill_loss_ratio``) per run and the mean per config, and is also
 written to ``<output-dir>/table.md``.
 
 A run FAILS when its final evaluation has no bbox result or a NaN AP (the model predicted
-nothing: detectron2 logs "No predictions from the model!"). A failed run is named on one line
-with its folder (its log is kept there), gets no ``results.json`` (a NaN one written by an
-older version is moved to ``results.json.failed``), so a rerun trains it again, and is left out
-of the table and the means. The other runs still train; the tool then exits non-zero.
+nothing: detectron2 logs "No predictions from the model!"), or when its training stopped on a
+divergence (a non-finite loss, or a broken teacher: :mod:`distill.divergence`). A failed run
+is named on one line with its folder (its log is kept there), gets no ``results.json`` (a NaN
+one written by an older version is moved to ``results.json.failed``), so a rerun trains it
+again, and is left out of the table and the means. The other runs still train; the tool then
+exits non-zero.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import distill
 from distill.checkpoint import expand_path
 from distill.distiller import TEACHER_ITEMS
 from distill.engine import train_and_evaluate
-from distill.errors import run_cli
+from distill.errors import DivergenceError, run_cli
 from distill.registry import get_distiller_class
 from distill.teacher_card import TeacherCardError, read_card
 
@@ -67,6 +70,18 @@ def teacher_ap(cfg) -> float | None:
     except TeacherCardError:
         return None
     return ap if math.isfinite(ap) else None  # results.json stays valid JSON
+
+
+def max_loss_ratio(output_dir: str) -> float | None:
+    """The largest ``distill_loss_ratio`` (distillation / own losses) a run logged in its
+    ``metrics.json``; None for a run without distillers."""
+    path = os.path.join(output_dir, "metrics.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        ratios = [json.loads(line).get("distill_loss_ratio") for line in f if line.strip()]
+    ratios = [r for r in ratios if r is not None]
+    return max(ratios) if ratios else None
 
 
 def read_results(results_file: str) -> dict:
@@ -104,6 +119,7 @@ def run_one(config_file: str, seed: int, output_dir: str, opts: list[str]) -> di
     check_bbox(results[dataset].get("bbox"))
     record.update({k: results[dataset]["bbox"][k] for k in METRICS}, dataset=dataset)
     record["minutes"] = (time.perf_counter() - start) / 60
+    record["max_loss_ratio"] = max_loss_ratio(output_dir)
     with open(results_file, "w") as f:
         json.dump(record, f, indent=1)
     return record
@@ -119,20 +135,25 @@ def table(records: dict[str, dict[int, dict]]) -> str:
     ``records``: config -> seed -> record (``results.json``); a record without ``teacher_ap``
     (older versions) shows "-" like one without a teacher.
     """
-    header = "| config | seed | " + " | ".join(METRICS) + " | teacher AP | minutes |"
-    lines = [header, "|---" * 7 + "|"]
+    header = (
+        "| config | seed | " + " | ".join(METRICS) + " | teacher AP | max loss ratio | minutes |"
+    )
+    lines = [header, "|---" * 8 + "|"]
     for config, runs in records.items():
         for seed, r in runs.items():
             values = " | ".join(f"{r[m]:.1f}" for m in METRICS)
             teacher = _ap(r.get("teacher_ap"))
-            lines.append(f"| {config} | {seed} | {values} | {teacher} | {r['minutes']:.1f} |")
+            ratio = "-" if r.get("max_loss_ratio") is None else f"{r['max_loss_ratio']:.3g}"
+            lines.append(
+                f"| {config} | {seed} | {values} | {teacher} | {ratio} | {r['minutes']:.1f} |"
+            )
     for config, runs in records.items():
         if not runs:
             continue
         means = " | ".join(f"{statistics.mean(r[m] for r in runs.values()):.1f}" for m in METRICS)
         teachers = [r["teacher_ap"] for r in runs.values() if r.get("teacher_ap") is not None]
         teacher = _ap(statistics.mean(teachers) if teachers else None)
-        lines.append(f"| {config} | mean | {means} | {teacher} | |")
+        lines.append(f"| {config} | mean | {means} | {teacher} | | |")
     return "\n".join(lines)
 
 
@@ -151,7 +172,7 @@ def main() -> None:
             out = os.path.join(args.output_dir, stem, f"seed{seed}")
             try:
                 records.setdefault(stem, {})[seed] = run_one(config_file, seed, out, args.opts)
-            except RunFailed as e:
+            except (RunFailed, DivergenceError) as e:
                 failed.append(f"{stem} seed {seed}")
                 print(f"FAILED: {stem} seed {seed} ({out}, log kept): {e}", flush=True)
     text = table(records)

@@ -111,18 +111,30 @@ def test_missing_bbox_result_fails(tmp_path):
 def test_table_teacher_ap_column():
     tool = load_tool()
     run = {"AP": 10.0, "AP50": 20.0, "AP75": 8.0, "minutes": 2.0}
+    kd = {**run, "teacher_ap": 30.25, "max_loss_ratio": 3.14159}
     records = {
         "student": {0: {**run, "teacher_ap": None}, 1: {**run, "AP": 12.0}},  # 1: older record
-        "kd": {0: {**run, "teacher_ap": 30.25}, 1: {**run, "teacher_ap": 30.25}},
+        "kd": {0: kd, 1: kd},
     }
     lines = tool.table(records).splitlines()
-    assert lines[0] == "| config | seed | AP | AP50 | AP75 | teacher AP | minutes |"
-    assert lines[1] == "|---|---|---|---|---|---|---|"
-    assert "| student | 0 | 10.0 | 20.0 | 8.0 | - | 2.0 |" in lines
-    assert "| student | 1 | 12.0 | 20.0 | 8.0 | - | 2.0 |" in lines
-    assert "| kd | 1 | 10.0 | 20.0 | 8.0 | 30.2 | 2.0 |" in lines
-    assert "| student | mean | 11.0 | 20.0 | 8.0 | - | |" in lines
-    assert "| kd | mean | 10.0 | 20.0 | 8.0 | 30.2 | |" in lines
+    assert lines[0] == (
+        "| config | seed | AP | AP50 | AP75 | teacher AP | max loss ratio | minutes |"
+    )
+    assert lines[1] == "|---|---|---|---|---|---|---|---|"
+    assert "| student | 0 | 10.0 | 20.0 | 8.0 | - | - | 2.0 |" in lines
+    assert "| student | 1 | 12.0 | 20.0 | 8.0 | - | - | 2.0 |" in lines
+    assert "| kd | 1 | 10.0 | 20.0 | 8.0 | 30.2 | 3.14 | 2.0 |" in lines
+    assert "| student | mean | 11.0 | 20.0 | 8.0 | - | | |" in lines
+    assert "| kd | mean | 10.0 | 20.0 | 8.0 | 30.2 | | |" in lines
+
+
+def test_max_loss_ratio_from_metrics(tmp_path):
+    tool = load_tool()
+    assert tool.max_loss_ratio(str(tmp_path)) is None
+    lines = [{"iteration": 0, "distill_loss_ratio": 2.5}, {"iteration": 1, "total_loss": 1.0},
+             {"iteration": 2, "distill_loss_ratio": 7.0}]  # fmt: skip
+    (tmp_path / "metrics.json").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    assert tool.max_loss_ratio(str(tmp_path)) == 7.0
 
 
 def write_teacher(tmp_path, ap: float) -> None:
@@ -148,3 +160,27 @@ def test_teacher_ap_from_card_of_used_teacher(tmp_path, monkeypatch):
     assert tool.teacher_ap(tiny_cfg("retinanet", distillers=["FeatureKD"])) is None  # no weights
     write_teacher(tmp_path, math.nan)  # a teacher that predicted nothing: null, valid JSON
     assert tool.teacher_ap(kd) is None
+
+
+def test_a_run_stopped_by_a_broken_teacher_fails_alone(tmp_path, monkeypatch, capsys):
+    from distill.errors import BrokenTeacherError
+
+    tool = load_tool()
+    healthy = fake_training("", [])
+
+    def train_and_evaluate(cfg):
+        if "seed0" in cfg.OUTPUT_DIR:
+            raise BrokenTeacherError("broken teacher? at iteration 3, loss_x=5e4 exceeded ...")
+        return healthy(cfg)
+
+    monkeypatch.setattr(tool, "train_and_evaluate", train_and_evaluate)
+    config = str(REPO / "configs/embedded/retinanet_R18_small.yaml")
+    argv = ["compare_runs.py", "--configs", config, "--seeds", "0", "1",
+            "--output-dir", str(tmp_path)]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit, match="^1 of 2 runs failed: retinanet_R18_small seed 0"):
+        tool.main()
+    out = capsys.readouterr().out
+    assert "FAILED: retinanet_R18_small seed 0" in out and "broken teacher? at iteration 3" in out
+    assert "| retinanet_R18_small | 1 | 20.0 |" in out
+    assert not (tmp_path / "retinanet_R18_small/seed0/results.json").exists()
