@@ -102,7 +102,8 @@ def existing_teacher(family: str, target: Path, opts: list[str]) -> bool:
         card = read_teacher_card(str(target))
     except TeacherCardError:
         print(f"{family}: {target} has no teacher card: checking it now")
-        card = gate_file(family, target, opts, seed=None, iterations=None)
+        gate_dir = target.parent / "runs" / f"{family}_R34_installed"
+        card = gate_file(family, target, opts, seed=None, iterations=None, output_dir=gate_dir)
     if not card.passed:
         raise SystemExit(
             f"{family}: the installed teacher {target} fails its gate: {card.verdict}. "
@@ -112,8 +113,9 @@ def existing_teacher(family: str, target: Path, opts: list[str]) -> bool:
     return True
 
 
-def gate_file(family, weights: Path, opts, seed, iterations) -> TeacherCard:
-    cfg = teacher_cfg(family, seed, None, opts)
+def gate_file(family, weights: Path, opts, seed, iterations, output_dir: Path) -> TeacherCard:
+    """Gate and card ``weights``; the evaluation's files go to ``output_dir/inference``."""
+    cfg = teacher_cfg(family, seed, output_dir, opts)
     model = load_for_gate(cfg, str(weights), source=str(weights))
     return card_teacher(
         cfg,
@@ -136,7 +138,7 @@ def train_teacher(family: str, root: Path, seed: int | None, force: bool, opts: 
     cfg = teacher_cfg(family, seed, run_dir, opts)
     setup_logger(cfg.OUTPUT_DIR)
     final = train(cfg, force)
-    card = gate_file(family, final, opts, seed, cfg.SOLVER.MAX_ITER)
+    card = gate_file(family, final, opts, seed, cfg.SOLVER.MAX_ITER, output_dir=run_dir)
     if not card.passed:
         refuse(family, card, run_dir)
     install(final, card, target)
