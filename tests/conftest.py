@@ -102,3 +102,13 @@ def train_step(model, batch, iteration: int = 0):
 def teacher_files(tmp_path):
     """Factory: ``teacher_files(family)`` -> (config_file, weights) of a random-init teacher."""
     return lambda family, *opts: save_random_teacher(tmp_path, family, *opts)
+
+
+@pytest.fixture(scope="session")
+def small_embedded(tmp_path_factory) -> tuple[str, str]:
+    """(train, val) names of a 4 + 4 image embedded dataset, for fast end-to-end evaluation."""
+    from distill.data import register_embedded_datasets
+
+    cache = tmp_path_factory.mktemp("small_embedded")
+    register_embedded_datasets(cache, num_images={"train": 4, "val": 4}, name_prefix="small_coco")
+    return "small_coco_train", "small_coco_val"

@@ -108,12 +108,9 @@ def test_constant_outputs_on_hand_built_scores():
     assert constant_outputs([torch.zeros(0), torch.tensor([0.3])]) is None
 
 
-VAL = "embedded_coco_val"  # 60 images, generated once per machine
-
-
-def gate_cfg(*opts):
+def gate_cfg(datasets, *opts):
     return tiny_cfg(
-        "faster_rcnn", "DATASETS.TEST", (VAL,), "TEACHER_GATE.IMAGES", 3,
+        "faster_rcnn", "DATASETS.TEST", (datasets[1],), "TEACHER_GATE.IMAGES", 3,
         "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0, "TEST.DETECTIONS_PER_IMAGE", 20, *opts,
     )  # fmt: skip
 
@@ -133,20 +130,20 @@ def random_model_file(cfg, tmp_path, scale_predictor=None):
     return str(path)
 
 
-def test_gate_refuses_a_collapsed_detector(tmp_path):
-    cfg = gate_cfg()
+def test_gate_refuses_a_collapsed_detector(small_embedded, tmp_path):
+    cfg = gate_cfg(small_embedded)
     model = load_for_gate(cfg, random_model_file(cfg, tmp_path, scale_predictor=-2.0), "w")
     result = run_gate(cfg, model)
     assert not result.passed
     assert "outputs do not depend on the input" in result.verdict
 
 
-def test_gate_refuses_a_low_ap_and_passes_at_the_floor(tmp_path):
-    cfg = gate_cfg("TEACHER_GATE.MIN_AP", 50.0)
+def test_gate_refuses_a_low_ap_and_passes_at_the_floor(small_embedded, tmp_path):
+    cfg = gate_cfg(small_embedded, "TEACHER_GATE.MIN_AP", 50.0)
     model = load_for_gate(cfg, random_model_file(cfg, tmp_path), "w")
     result = run_gate(cfg, model)
     assert not result.passed and result.ap < 50.0
     assert "is below TEACHER_GATE.MIN_AP 50" in result.verdict
-    cfg = gate_cfg("TEACHER_GATE.MIN_AP", float(math.floor(result.ap)))
+    cfg = gate_cfg(small_embedded, "TEACHER_GATE.MIN_AP", float(math.floor(result.ap)))
     again = run_gate(cfg, model)
     assert again.passed and again.ap == result.ap and ">= TEACHER_GATE.MIN_AP" in again.verdict

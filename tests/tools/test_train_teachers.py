@@ -24,46 +24,50 @@ def load_tool():
     return module
 
 
-def run_tool(monkeypatch, root, *args):
+def datasets(names) -> list[str]:
+    return ["DATASETS.TRAIN", f"('{names[0]}',)", "DATASETS.TEST", f"('{names[1]}',)"]
+
+
+def run_tool(monkeypatch, root, names, *args):
     argv = ["train_teachers.py", "--families", "faster_rcnn", "--seed", "3",
-            "--output-root", str(root), *args, *OPTS, *GATE]  # fmt: skip
+            "--output-root", str(root), *args, *OPTS, *GATE, *datasets(names)]  # fmt: skip
     monkeypatch.setattr(sys, "argv", argv)
     load_tool().main()
 
 
 @pytest.mark.timeout(900)
-def test_train_gate_card_install_and_refusals(tmp_path, monkeypatch, capsys):
+def test_train_gate_card_install_and_refusals(small_embedded, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(REPO)  # the teacher configs are named relative to the repository
     installed = tmp_path / "faster_rcnn_R34.pth"
     run_dir = tmp_path / "runs" / "faster_rcnn_R34_seed3"
 
-    run_tool(monkeypatch, tmp_path, "TEACHER_GATE.MIN_AP", "0.0")
+    run_tool(monkeypatch, tmp_path, small_embedded, "TEACHER_GATE.MIN_AP", "0.0")
     card = read_card(str(installed))
     assert card.passed and card.seed == 3 and card.iterations == 2
     assert card.weights_sha256 == file_sha256(str(installed))
     assert card.weights_sha256 == file_sha256(str(run_dir / "model_final.pth"))
     assert card.config_file == "configs/embedded/faster_rcnn_R34_teacher.yaml"
-    assert "NORM: GN" in card.config and card.dataset == "embedded_coco_val"
+    assert "NORM: GN" in card.config and card.dataset == small_embedded[1]
     assert "teacher installed" in capsys.readouterr().out
 
     mtime = installed.stat().st_mtime_ns
-    run_tool(monkeypatch, tmp_path, "TEACHER_GATE.MIN_AP", "0.0")  # idempotent
+    run_tool(monkeypatch, tmp_path, small_embedded, "TEACHER_GATE.MIN_AP", "0.0")  # idempotent
     assert "teacher exists" in capsys.readouterr().out
     assert installed.stat().st_mtime_ns == mtime
 
     with pytest.raises(SystemExit, match="NOT installed: AP .* is below TEACHER_GATE.MIN_AP 90"):
-        run_tool(monkeypatch, tmp_path, "--force", "TEACHER_GATE.MIN_AP", "90.0")
+        run_tool(monkeypatch, tmp_path, small_embedded, "--force", "TEACHER_GATE.MIN_AP", "90.0")
     assert (run_dir / "model_final.pth").is_file()  # kept for inspection
     assert not read_card(str(run_dir / "model_final.pth")).passed
     assert read_card(str(installed)).passed  # the previous, passing teacher stays
 
     (tmp_path / "faster_rcnn_R34.card.json").unlink()  # a teacher from before cards
     with pytest.raises(SystemExit, match="installed teacher .* fails its gate"):
-        run_tool(monkeypatch, tmp_path, "TEACHER_GATE.MIN_AP", "90.0")
+        run_tool(monkeypatch, tmp_path, small_embedded, "TEACHER_GATE.MIN_AP", "90.0")
     assert not read_card(str(installed)).passed
 
 
-def test_card_teacher_cards_external_weights(tmp_path, monkeypatch):
+def test_card_teacher_cards_external_weights(small_embedded, tmp_path, monkeypatch):
     import torch
     from conftest import tiny_cfg
     from detectron2.modeling import build_model
@@ -75,7 +79,7 @@ def test_card_teacher_cards_external_weights(tmp_path, monkeypatch):
     weights = tmp_path / "external.pth"
     torch.save({"model": build_model(tiny_cfg("faster_rcnn")).state_dict()}, weights)
     argv = ["--config-file", str(REPO / "configs/embedded/faster_rcnn_R18_small.yaml"),
-            "--weights", str(weights), *OPTS, *GATE]  # fmt: skip
+            "--weights", str(weights), *OPTS, *GATE, *datasets(small_embedded)]  # fmt: skip
     tool.main([*argv, "TEACHER_GATE.MIN_AP", "0.0"])
     card = read_card(str(weights))
     assert card.passed and card.seed is None and card.iterations is None
