@@ -13,7 +13,7 @@ outputs that depend on the image) and gets a teacher card (JSON: config, seed, i
 AP / AP50, commit, date, sha256 of the weights). Only a teacher that passed is installed, as
 ``<root>/<family>_R34.pth`` with its ``.card.json``, where the ``*_feature_kd.yaml`` configs and
 the teacher-based methods look for it. A teacher that fails is not installed: the command says
-what the gate saw, keeps the run folder and exits non-zero.
+what the gate saw, keeps the run folder, goes on with the other families and exits non-zero.
 
 Idempotent: an installed teacher with a passing card is kept (``--force`` retrains it), an
 installed teacher without a card is gated and carded in place, and an interrupted training
@@ -86,8 +86,12 @@ def install(weights: Path, card: TeacherCard, target: Path) -> None:
     write_card(card, str(target))
 
 
+class TeacherRefused(Exception):
+    """A teacher that failed its gate; the message says what the gate saw."""
+
+
 def refuse(family: str, card: TeacherCard, where: Path) -> None:
-    raise SystemExit(
+    raise TeacherRefused(
         f"{family}: teacher NOT installed: {card.verdict}. Its run is kept in {where} "
         f"(card {card_path(str(where / 'model_final.pth'))})."
     )
@@ -105,7 +109,7 @@ def existing_teacher(family: str, target: Path, opts: list[str]) -> bool:
         gate_dir = target.parent / "runs" / f"{family}_R34_installed"
         card = gate_file(family, target, opts, seed=None, iterations=None, output_dir=gate_dir)
     if not card.passed:
-        raise SystemExit(
+        raise TeacherRefused(
             f"{family}: the installed teacher {target} fails its gate: {card.verdict}. "
             "Retrain it with --force."
         )
@@ -163,8 +167,15 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"error: --families: unknown {unknown}; choose from {FAMILIES}")
     root = args.output_root or default_cache_root() / "teachers"
-    for family in families:
-        train_teacher(family, root, args.seed, args.force, args.opts)
+    refused = []
+    for family in families:  # a refused teacher does not keep the others from training
+        try:
+            train_teacher(family, root, args.seed, args.force, args.opts)
+        except TeacherRefused as e:
+            print(e, flush=True)
+            refused.append(str(e))
+    if refused:
+        raise SystemExit("\n".join(refused))
 
 
 if __name__ == "__main__":
