@@ -9,6 +9,7 @@ import torch
 import torch.distributed as dist
 from detectron2.engine import launch
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 
 def launched_by_torchrun() -> bool:
@@ -61,3 +62,17 @@ def run(main: Callable, args) -> object:
         dist_url=args.dist_url,
         args=(args,),
     )
+
+
+def setup_run_logging(output_dir: str | None) -> None:
+    """detectron2's log set-up (console on the main process, ``output_dir/log.txt``) for the
+    ``detectron2`` and ``fvcore`` loggers, as ``default_setup`` does, and for this codebase's and
+    every loaded project's loggers, so that their lines (the run's seed, the teacher's card,
+    warnings) reach the console and the log file like detectron2's. Idempotent for one
+    ``output_dir`` (detectron2 caches the set-up by its arguments)."""
+    import distill
+
+    rank = comm.get_rank()
+    setup_logger(output_dir, distributed_rank=rank)  # the same call as default_setup's
+    for name in ("fvcore", "distill", *distill.load_projects()):
+        setup_logger(output_dir, distributed_rank=rank, name=name)

@@ -16,11 +16,10 @@ from __future__ import annotations
 import argparse
 import tempfile
 
-from detectron2.utils.logger import setup_logger
-
 import distill
 from distill.checkpoint import expand_path
 from distill.errors import run_cli
+from distill.launch import setup_run_logging
 from distill.teacher_card import card_path
 from distill.teacher_gate import card_teacher, load_for_gate
 
@@ -31,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--weights", required=True, help="the teacher's checkpoint")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args(argv)
-    setup_logger()
+    setup_run_logging(None)
     cfg = distill.get_distill_cfg()
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)

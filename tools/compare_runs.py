@@ -31,13 +31,12 @@ import os
 import statistics
 import time
 
-from detectron2.utils.logger import setup_logger
-
 import distill
 from distill.checkpoint import expand_path
 from distill.distiller import TEACHER_ITEMS
 from distill.engine import train_and_evaluate
 from distill.errors import DivergenceError, run_cli
+from distill.launch import setup_run_logging
 from distill.registry import get_distiller_class
 from distill.teacher_card import TeacherCardError, read_card
 
@@ -111,7 +110,7 @@ def run_one(config_file: str, seed: int, output_dir: str, opts: list[str]) -> di
     cfg.SEED, cfg.OUTPUT_DIR = seed, output_dir
     cfg.freeze()
     os.makedirs(output_dir, exist_ok=True)
-    setup_logger(output_dir)
+    setup_run_logging(output_dir)
     start = time.perf_counter()
     record = {"teacher_ap": teacher_ap(cfg)}
     results = train_and_evaluate(cfg)

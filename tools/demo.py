@@ -16,13 +16,13 @@ import argparse
 import os
 import time
 
-from detectron2.utils.logger import setup_logger
 from tabulate import tabulate
 
 import distill
 from distill.data import annotated_input, ensure_embedded_dataset
 from distill.engine import train_and_evaluate
 from distill.errors import run_cli
+from distill.launch import setup_run_logging
 
 DEFAULT_CONFIG = "projects/LGD/configs/embedded/retinanet_R18_lgd.yaml"
 
@@ -56,8 +56,7 @@ def main() -> None:
     cfg.OUTPUT_DIR = "output/demo"
     cfg.merge_from_list(args.opts)
     cfg.freeze()
-    setup_logger(cfg.OUTPUT_DIR)
-    setup_logger(cfg.OUTPUT_DIR, name="distill")
+    setup_run_logging(cfg.OUTPUT_DIR)
     results = train_and_evaluate(cfg)
     minutes = (time.perf_counter() - start) / 60
     for dataset, metrics in results.items():

@@ -24,7 +24,7 @@ from distill.checkpoint import RESUME_SOURCE, StudentCheckpointer
 from distill.engine import DistillTrainer, check_output_dir
 from distill.errors import ConfigValueError, run_cli
 from distill.export import plain_config
-from distill.launch import run
+from distill.launch import run, setup_run_logging
 
 logger = logging.getLogger("distill")
 
@@ -49,6 +49,7 @@ def setup(args):
     if not args.eval_only:
         check_output_dir(cfg.OUTPUT_DIR, args.resume, args.overwrite)
     default_setup(cfg, args)
+    setup_run_logging(cfg.OUTPUT_DIR)
     return cfg
 
 

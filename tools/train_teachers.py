@@ -28,12 +28,11 @@ import os
 import shutil
 from pathlib import Path
 
-from detectron2.utils.logger import setup_logger
-
 import distill
 from distill.data import default_cache_root
 from distill.engine import DistillTrainer, check_output_dir
 from distill.errors import run_cli
+from distill.launch import setup_run_logging
 from distill.teacher_card import TeacherCard, TeacherCardError, card_path, write_card
 from distill.teacher_card import read_card as read_teacher_card
 from distill.teacher_gate import card_teacher, load_for_gate
@@ -140,7 +139,7 @@ def train_teacher(family: str, root: Path, seed: int | None, force: bool, opts: 
     seed = teacher_cfg(family, seed, None, opts).SEED if seed is None else seed
     run_dir = root / "runs" / f"{family}_R34_seed{seed}"
     cfg = teacher_cfg(family, seed, run_dir, opts)
-    setup_logger(cfg.OUTPUT_DIR)
+    setup_run_logging(cfg.OUTPUT_DIR)
     final = train(cfg, force)
     card = gate_file(family, final, opts, seed, cfg.SOLVER.MAX_ITER, output_dir=run_dir)
     if not card.passed:

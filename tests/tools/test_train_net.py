@@ -39,6 +39,8 @@ def test_two_cpu_processes_under_torchrun(tmp_path):
     ]  # fmt: skip
     log = run(cmd, tmp_path)
     assert "iter: 2" in log
+    assert "Run seed: " in log  # the codebase's own loggers reach the console, not only d2's
+    assert "Run seed: " in (out / "log.txt").read_text()
     saved = torch.load(out / "model_final.pth", weights_only=True)
     assert saved["iteration"] == 2
 
