@@ -10,8 +10,8 @@ there, with the AP of its teacher (from the teacher card of ``DISTILL.TEACHER.WE
 without a teacher or card) as it was when the run trained. A run whose ``results.json`` exists
 is not trained again, so an interrupted comparison continues where it stopped. The table
 (markdown) lists AP, AP50, AP75, the teacher AP and the largest ratio of distillation to the
-student's own losses (``distill_loss_ratio``) per run and the mean per config, and is also
-written to ``<output-dir>/table.md``.
+student's own losses (``distill_loss_ratio``) per run, and the mean ± sample standard deviation
+over the seeds per config; it is also written to ``<output-dir>/table.md``.
 
 A run FAILS when its final evaluation has no bbox result or a NaN AP (the model predicted
 nothing: detectron2 logs "No predictions from the model!"), or when its training stopped on a
@@ -128,8 +128,15 @@ def _ap(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
+def mean_and_spread(values: list[float]) -> str:
+    """``mean ± sample standard deviation`` to one decimal; the mean alone for one value."""
+    mean = f"{statistics.mean(values):.1f}"
+    return mean if len(values) < 2 else f"{mean} ± {statistics.stdev(values):.1f}"
+
+
 def table(records: dict[str, dict[int, dict]]) -> str:
-    """Markdown table: one row per run, then the mean of each config.
+    """Markdown table: one row per run, then the mean ± sample standard deviation over the
+    seeds of each config.
 
     ``records``: config -> seed -> record (``results.json``); a record without ``teacher_ap``
     (older versions) shows "-" like one without a teacher.
@@ -149,7 +156,7 @@ def table(records: dict[str, dict[int, dict]]) -> str:
     for config, runs in records.items():
         if not runs:
             continue
-        means = " | ".join(f"{statistics.mean(r[m] for r in runs.values()):.1f}" for m in METRICS)
+        means = " | ".join(mean_and_spread([r[m] for r in runs.values()]) for m in METRICS)
         teachers = [r["teacher_ap"] for r in runs.values() if r.get("teacher_ap") is not None]
         teacher = _ap(statistics.mean(teachers) if teachers else None)
         lines.append(f"| {config} | mean | {means} | {teacher} | | |")

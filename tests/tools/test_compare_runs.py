@@ -84,7 +84,7 @@ def test_failed_run_named_not_recorded_and_exit_nonzero(tmp_path, monkeypatch, c
     table = (tmp_path / "table.md").read_text()
     assert not NAN.search(table) and "retinanet_R18_lgd" not in table
     assert "| retinanet_R18_small | 1 | 20.0 | 20.0 | 20.0 | - |" in table
-    assert "| retinanet_R18_small | mean | 20.0 | 20.0 | 20.0 | - | |" in table
+    assert "| retinanet_R18_small | mean | 20.0 ± 0.0 | 20.0 ± 0.0 | 20.0 ± 0.0 | - | |" in table
 
     # a rerun trains the failed runs again; a NaN results.json of an older version also fails
     old = tmp_path / "retinanet_R18_small/seed0/results.json"
@@ -96,7 +96,7 @@ def test_failed_run_named_not_recorded_and_exit_nonzero(tmp_path, monkeypatch, c
     assert sorted(calls) == [str(tmp_path / f"retinanet_R18_lgd/seed{s}") for s in (0, 1)]
     assert "no predictions: AP is NaN (in " in capsys.readouterr().out
     assert not old.exists() and old.with_name("results.json.failed").is_file()
-    assert "| retinanet_R18_lgd | mean | 20.0 |" in (tmp_path / "table.md").read_text()
+    assert "| retinanet_R18_lgd | mean | 20.0 ± 0.0 |" in (tmp_path / "table.md").read_text()
 
 
 def test_missing_bbox_result_fails(tmp_path):
@@ -124,8 +124,10 @@ def test_table_teacher_ap_column():
     assert "| student | 0 | 10.0 | 20.0 | 8.0 | - | - | 2.0 |" in lines
     assert "| student | 1 | 12.0 | 20.0 | 8.0 | - | - | 2.0 |" in lines
     assert "| kd | 1 | 10.0 | 20.0 | 8.0 | 30.2 | 3.14 | 2.0 |" in lines
-    assert "| student | mean | 11.0 | 20.0 | 8.0 | - | | |" in lines
-    assert "| kd | mean | 10.0 | 20.0 | 8.0 | 30.2 | | |" in lines
+    assert "| student | mean | 11.0 ± 1.4 | 20.0 ± 0.0 | 8.0 ± 0.0 | - | | |" in lines
+    assert "| kd | mean | 10.0 ± 0.0 | 20.0 ± 0.0 | 8.0 ± 0.0 | 30.2 | | |" in lines
+    one_seed = tool.table({"kd": {0: kd}}).splitlines()
+    assert "| kd | mean | 10.0 | 20.0 | 8.0 | 30.2 | | |" in one_seed
 
 
 def test_max_loss_ratio_from_metrics(tmp_path):
