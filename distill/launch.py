@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 
@@ -10,6 +11,9 @@ import torch.distributed as dist
 from detectron2.engine import launch
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
+
+# The log set-up of this process's current run: its output folder and the handlers it added.
+_run_logging: dict = {"output_dir": None, "handlers": None}
 
 
 def launched_by_torchrun() -> bool:
@@ -68,11 +72,29 @@ def setup_run_logging(output_dir: str | None) -> None:
     """detectron2's log set-up (console on the main process, ``output_dir/log.txt``) for the
     ``detectron2`` and ``fvcore`` loggers, as ``default_setup`` does, and for this codebase's and
     every loaded project's loggers, so that their lines (the run's seed, the teacher's card,
-    warnings) reach the console and the log file like detectron2's. Idempotent for one
-    ``output_dir`` (detectron2 caches the set-up by its arguments)."""
+    warnings) reach the console and the log file like detectron2's.
+
+    Idempotent for one ``output_dir``. A process that runs one job after another (``compare_runs``)
+    calls it per job: the previous job's handlers are removed first, so each line is printed once
+    and lands in the current job's ``log.txt`` only."""
     import distill
 
+    if _run_logging["handlers"] is not None:
+        if _run_logging["output_dir"] == output_dir:
+            return
+        for logger, handler in _run_logging["handlers"]:
+            logger.removeHandler(handler)
+        setup_logger.cache_clear()  # detectron2 caches the set-up by its arguments
+    names = ("detectron2", "fvcore", "distill", *distill.load_projects())
+    before = {name: set(logging.getLogger(name).handlers) for name in names}
     rank = comm.get_rank()
     setup_logger(output_dir, distributed_rank=rank)  # the same call as default_setup's
-    for name in ("fvcore", "distill", *distill.load_projects()):
+    for name in names[1:]:
         setup_logger(output_dir, distributed_rank=rank, name=name)
+    _run_logging["output_dir"] = output_dir
+    _run_logging["handlers"] = [
+        (logging.getLogger(name), handler)
+        for name in names
+        for handler in logging.getLogger(name).handlers
+        if handler not in before[name]
+    ]
