@@ -8,11 +8,11 @@ import importlib.util
 import json
 import logging
 import pickle
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import REPO
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import Boxes, BoxMode, Instances
@@ -319,7 +319,7 @@ def test_bad_dataset_has_clear_errors():
 
 
 def test_benchmark_tool_smoke(tmp_path):
-    path = Path(__file__).resolve().parents[3] / "projects/LSKD/tools/benchmark_sgg_eval.py"
+    path = REPO / "projects/LSKD/tools/benchmark_sgg_eval.py"
     spec = importlib.util.spec_from_file_location("benchmark_sgg_eval", path)
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
