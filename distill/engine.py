@@ -14,7 +14,8 @@ Differences from ``DefaultTrainer``:
 * weights are read without running code from the file (:mod:`distill.checkpoint`); ``--resume``
   refuses a checkpoint of another model; checkpoints are written atomically;
 * ``SEED`` also seeds the model's initialisation: two runs with the same seed start from, and
-  (single process, same thread count) end with, the same weights;
+  (single process, same thread count) end with, the same weights; a seed drawn for ``SEED < 0``
+  is the ``SEED`` of the trainer's ``cfg``;
 * a non-finite loss, gradient or weight stops the run at once, and so does a distillation loss
   that dwarfs the student's own losses for several iterations (a broken teacher)
   (:mod:`distill.divergence`);
@@ -28,19 +29,18 @@ Differences from ``DefaultTrainer``:
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
-import weakref
 
 import torch
-from detectron2.data import build_detection_test_loader
-from detectron2.data.build import _train_loader_from_config
-from detectron2.engine import DefaultTrainer, HookBase, TrainerBase
+from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.engine import DefaultTrainer, HookBase
+from detectron2.engine import create_ddp_model as detectron2_create_ddp_model
 from detectron2.engine.hooks import EvalHook, PeriodicCheckpointer
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
-from detectron2.utils.logger import setup_logger
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -49,6 +49,12 @@ from distill.compiled_ops import check_compiled_ops, check_device
 from distill.data.register import check_builtin_dataset_root, check_datasets
 from distill.data.resumable_loader import build_seeded_train_loader, seed_iteration
 from distill.data.tasks import configure_dataset_tasks, dataset_mapper, dataset_task
+from distill.detectron2_internals import (
+    default_trainer_builds,
+    inner_trainer,
+    last_eval_results,
+    restart_train_loader,
+)
 from distill.divergence import (
     CheckedAMPTrainer,
     CheckedSimpleTrainer,
@@ -67,17 +73,32 @@ logger = logging.getLogger(__name__)
 RESUMABLE_MODEL_ATTRIBUTES = ("loss_normalizer",)
 
 
-def create_ddp_model(model: nn.Module, find_unused_parameters: bool) -> nn.Module:
-    """Wrap in DDP when distributed; CPU modules (gloo) get no device_ids."""
-    if comm.get_world_size() == 1:
-        return model
-    device_ids = [comm.get_local_rank()] if model.device.type == "cuda" else None
-    return DistributedDataParallel(
-        model,
-        device_ids=device_ids,
-        broadcast_buffers=False,
-        find_unused_parameters=find_unused_parameters,
-    )
+def create_ddp_model(model: nn.Module, *, find_unused: bool, **kwargs) -> nn.Module:
+    """detectron2's ``create_ddp_model``; CPU processes (gloo) get no ``device_ids``, and
+    ``find_unused`` finds the parameters a distiller left unused (its schedule switched it off)."""
+    if comm.get_world_size() > 1 and model.device.type != "cuda":
+        kwargs["device_ids"] = None
+    find_unused = find_unused and bool(getattr(model, "distillers", None))
+    return detectron2_create_ddp_model(model, find_unused_parameters=find_unused, **kwargs)
+
+
+def check_amp(cfg) -> None:
+    """detectron2's AMPTrainer needs CUDA: refuse ``SOLVER.AMP.ENABLED`` without it."""
+    if cfg.SOLVER.AMP.ENABLED and not (
+        cfg.MODEL.DEVICE.startswith("cuda") and torch.cuda.is_available()
+    ):
+        raise ConfigValueError("SOLVER.AMP.ENABLED needs MODEL.DEVICE cuda with a GPU available")
+
+
+def _with_seed(cfg, seed: int):
+    """A copy of ``cfg`` with ``SEED`` set (frozen if ``cfg`` is)."""
+    cfg = cfg.clone()
+    frozen = cfg.is_frozen()
+    cfg.defrost()
+    cfg.SEED = seed
+    if frozen:
+        cfg.freeze()
+    return cfg
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -85,42 +106,35 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 class DistillTrainer(DefaultTrainer):
-    """Trains a (Distill*) detectron2 model; see the module docstring for what differs."""
+    """Trains a (Distill*) detectron2 model; see the module docstring for what differs.
+
+    ``DefaultTrainer.__init__`` builds everything through the ``build_*`` methods below; the run's
+    seed is drawn and the global random states seeded from it first, and the parts it has no
+    ``build_*`` method for (DDP wrapper, inner trainer, checkpointer) are this module's
+    (:func:`distill.detectron2_internals.default_trainer_builds`).
+    """
 
     def __init__(self, cfg):
-        TrainerBase.__init__(self)
-        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
-            setup_logger()
-        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
-        if cfg.SOLVER.AMP.ENABLED and not (
-            cfg.MODEL.DEVICE.startswith("cuda") and torch.cuda.is_available()
-        ):
-            raise ConfigValueError(
-                "SOLVER.AMP.ENABLED needs MODEL.DEVICE cuda with a GPU available"
-            )
+        check_amp(cfg)
         check_datasets(cfg)  # DATASETS.TRAIN and TEST, before anything is built
         # one seed for the whole run (drawn when SEED < 0), saved with the checkpoints; it also
         # seeds the model's initialisation, so every tool that trains starts from the same weights
         self.seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
         logger.info(f"Run seed: {self.seed}" + ("" if cfg.SEED >= 0 else " (drawn: SEED < 0)"))
+        if cfg.SEED != self.seed:  # build_train_loader(cfg) reads the drawn seed from the config
+            cfg = _with_seed(cfg, self.seed)
         seed_all_rng(self.seed)
-        model = self.build_model(cfg)
-        optimizer = self.build_optimizer(cfg, model)
-        optimizer.register_step_pre_hook(FiniteGradientCheck(model))
-        data_loader = self.build_train_loader(cfg, seed=self.seed)
-        find_unused = (
-            bool(getattr(model, "distillers", None)) and cfg.DISTILL.FIND_UNUSED_PARAMETERS
-        )
-        model = create_ddp_model(model, find_unused)
-        trainer_cls = CheckedAMPTrainer if cfg.SOLVER.AMP.ENABLED else CheckedSimpleTrainer
-        self._trainer = trainer_cls(model, data_loader, optimizer)
-        self._trainer.loss_ratio_stop = build_loss_ratio_stop(cfg, unwrap(model))
-        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = SafeCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
-        self.start_iter = 0
-        self.max_iter = cfg.SOLVER.MAX_ITER
-        self.cfg = cfg
-        self.register_hooks(self.build_hooks())
+        find_unused = cfg.DISTILL.FIND_UNUSED_PARAMETERS
+        with default_trainer_builds(
+            create_ddp_model=functools.partial(create_ddp_model, find_unused=find_unused),
+            SimpleTrainer=CheckedSimpleTrainer,
+            AMPTrainer=CheckedAMPTrainer,
+            DetectionCheckpointer=SafeCheckpointer,
+        ):
+            super().__init__(cfg)
+        model = unwrap(self.model)
+        self.optimizer.register_step_pre_hook(FiniteGradientCheck(model))
+        inner_trainer(self).loss_ratio_stop = build_loss_ratio_stop(self.cfg, model)
 
     @classmethod
     def build_model(cls, cfg) -> nn.Module:
@@ -182,7 +196,8 @@ class DistillTrainer(DefaultTrainer):
         :func:`distill.data.resumable_loader.build_seeded_train_loader`."""
         configure_dataset_tasks(cfg)
         mapper = dataset_mapper(cfg, cfg.DATASETS.TRAIN[0], True) if cfg.DATASETS.TRAIN else None
-        kwargs = _train_loader_from_config(cfg, mapper, sampler=())  # () = we build it below
+        # detectron2's datasets and mapper; sampler=() skips its sampler (we build ours)
+        kwargs = build_detection_train_loader.from_config(cfg, mapper, sampler=())
         if seed is None:
             seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
         return build_seeded_train_loader(
@@ -219,7 +234,7 @@ class DistillTrainer(DefaultTrainer):
         model's running loss normalizers, which detectron2 keeps outside the state_dict."""
         state = super().state_dict()
         state["seed"] = self.seed
-        state["_trainer"] = self._trainer.state_dict()
+        state["_trainer"] = inner_trainer(self).state_dict()
         model = unwrap(self.model)
         state["model_attributes"] = {
             name: float(getattr(model, name))
@@ -232,7 +247,7 @@ class DistillTrainer(DefaultTrainer):
         super().load_state_dict(state_dict)
         self.seed = int(state_dict.get("seed", self.seed))
         if "_trainer" in state_dict:
-            self._trainer.load_state_dict(state_dict["_trainer"])
+            inner_trainer(self).load_state_dict(state_dict["_trainer"])
         model = unwrap(self.model)
         for name, value in state_dict.get("model_attributes", {}).items():
             setattr(model, name, value)
@@ -254,8 +269,7 @@ class DistillTrainer(DefaultTrainer):
         super().resume_or_load(resume=resume)
         if self.start_iter > 0 or self.seed != seed:
             loader = self.build_train_loader(self.cfg, self.start_iter, self.seed)
-            self._trainer.data_loader = loader
-            self._trainer._data_loader_iter = iter(loader)
+            restart_train_loader(inner_trainer(self), loader)
 
 
 class IterationSeed(HookBase):
@@ -303,7 +317,7 @@ def train_and_evaluate(cfg) -> dict[str, dict[str, float]]:
     trainer = DistillTrainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()
-    results = trainer._last_eval_results  # set by the evaluation after the last iteration
+    results = last_eval_results(trainer)  # of the evaluation after the last iteration
     if len(cfg.DATASETS.TEST) == 1:  # detectron2 unwraps the results of a single dataset
         results = {cfg.DATASETS.TEST[0]: results}
     return results

@@ -5,6 +5,9 @@ from __future__ import annotations
 import torch
 from conftest import tiny_cfg
 
+from distill.checkpoint import SafeCheckpointer
+from distill.detectron2_internals import inner_trainer
+from distill.divergence import CheckedSimpleTrainer
 from distill.engine import DistillTrainer
 
 DETERMINISTIC = [
@@ -86,3 +89,29 @@ def test_same_seed_same_weights_whatever_the_global_state(tmp_path, teacher_file
     torch.manual_seed(0)
     other = trainer_for(tmp_path / "c", teacher, 3, "MODEL.RESNETS.NORM", "BN", "SEED", 8)
     assert not torch.equal(other.model.state_dict()["backbone.fpn_output3.weight"], inits[0])
+
+
+def test_default_trainer_builds_the_run_from_the_drawn_seed(tmp_path):
+    """detectron2's DefaultTrainer.__init__ builds the run with this codebase's inner trainer and
+    checkpointer, leaves detectron2 as it was, and reads its batches from the run's drawn seed."""
+    import detectron2.engine.defaults as defaults
+
+    parts = ("create_ddp_model", "SimpleTrainer", "AMPTrainer", "DetectionCheckpointer")
+    before = {name: getattr(defaults, name) for name in parts}
+    cfg = tiny_cfg("retinanet", "SEED", -1, "DATASETS.TEST", (), "OUTPUT_DIR", str(tmp_path))
+    trainer = DistillTrainer(cfg)
+    assert {name: getattr(defaults, name) for name in parts} == before
+    assert isinstance(trainer.checkpointer, SafeCheckpointer)
+    assert isinstance(inner_trainer(trainer), CheckedSimpleTrainer)
+    assert cfg.SEED == -1 and trainer.cfg.SEED == trainer.seed >= 0
+
+    def first_images(loader):
+        return [x["image"] for x in next(iter(loader))]
+
+    ours = first_images(trainer.data_loader)
+    same = first_images(DistillTrainer.build_train_loader(cfg, seed=trainer.seed))
+    other = first_images(DistillTrainer.build_train_loader(cfg, seed=trainer.seed + 1))
+    assert all(torch.equal(a, b) for a, b in zip(ours, same, strict=True))
+    assert not all(
+        a.shape == b.shape and torch.equal(a, b) for a, b in zip(ours, other, strict=True)
+    )
