@@ -88,7 +88,7 @@ def add_distill_config(cfg: CN) -> None:
         # periodic evaluation, LR x FACTOR when METRIC (a flattened result key, higher is
         # better) has not improved by a relative THRESHOLD for more than PATIENCE evaluations.
         _P = cfg.SOLVER.PLATEAU = CN()
-        _P.METRIC = "sgg/R@100"
+        _P.METRIC = "bbox/AP"  # COCOEvaluator's box AP; another evaluator names its own key
         _P.PATIENCE = 2
         _P.FACTOR = 0.1
         _P.THRESHOLD = 0.001

@@ -1,10 +1,11 @@
 """Reduce the learning rate when a validation metric stops improving.
 
-The schedule of the scene-graph benchmark (``WarmupReduceLROnPlateau``): linear warm-up, then a
-constant LR that is multiplied by ``SOLVER.PLATEAU.FACTOR`` whenever the metric (read from the
-periodic evaluation, ``TEST.EVAL_PERIOD``) has not improved by a relative
-``SOLVER.PLATEAU.THRESHOLD`` for more than ``PATIENCE`` evaluations, at most ``MAX_DECAYS``
-times. Select it with ``SOLVER.LR_SCHEDULER_NAME: "WarmupReduceLROnPlateau"``.
+``WarmupReduceLROnPlateau`` (the scene-graph benchmark's schedule): linear warm-up, then a
+constant LR that is multiplied by ``SOLVER.PLATEAU.FACTOR`` whenever ``SOLVER.PLATEAU.METRIC`` (a
+key of the periodic evaluation's flattened results, ``TEST.EVAL_PERIOD``; ``bbox/AP`` by default)
+has not improved by a relative ``SOLVER.PLATEAU.THRESHOLD`` for more than ``PATIENCE``
+evaluations, at most ``MAX_DECAYS`` times. Select it with
+``SOLVER.LR_SCHEDULER_NAME: "WarmupReduceLROnPlateau"``.
 """
 
 from __future__ import annotations
@@ -48,8 +49,8 @@ def build_plateau_scheduler(cfg: CfgNode, optimizer) -> LRMultiplier:
 class ReduceLROnPlateau(HookBase):
     """After each evaluation, lower the LR when ``metric`` has stopped improving.
 
-    Must come after detectron2's ``EvalHook`` (which puts the flattened results, e.g.
-    ``sgg/R@100``, into the event storage at the evaluation's iteration).
+    Must come after detectron2's ``EvalHook``, which puts the flattened results (``bbox/AP`` for
+    ``{"bbox": {"AP": ...}}``) into the event storage at the evaluation's iteration.
 
     Args:
         scale: the schedule's :class:`PlateauScale`.

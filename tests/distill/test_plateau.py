@@ -37,18 +37,22 @@ def test_decays_after_patience_and_at_most_max_decays():
 
 
 def test_reads_the_evaluation_of_the_current_iteration_once():
+    """The default metric is the key detectron2's EvalHook stores for COCOEvaluator's results."""
+    results = iter([{"bbox": {"AP": 5.0, "AP50": 9.0}}, {"bbox": {"AP": 4.0, "AP50": 9.0}}])
+    evaluation = EvalHook(2, lambda: next(results))
     scale = PlateauScale()
-    hook = ReduceLROnPlateau(scale, "sgg/R@100", patience=0, factor=0.5)
+    hook = ReduceLROnPlateau(scale, tiny_cfg("faster_rcnn").SOLVER.PLATEAU.METRIC, patience=0,
+                             factor=0.5)  # fmt: skip
     with EventStorage(0) as storage:
-        hook.trainer = SimpleNamespace(storage=storage, iter=0)
-        storage.put_scalars(**{"sgg/R@100": 5.0}, smoothing_hint=False)
-        hook.after_step()
-        hook.after_step()  # the same evaluation again: ignored
-        storage.iter = hook.trainer.iter = 1
-        hook.after_step()  # no evaluation at this iteration: ignored
-        storage.put_scalars(**{"sgg/R@100": 4.0}, smoothing_hint=False)
-        hook.after_step()
-    assert hook.best == 5.0 and scale.scale == 0.5
+        evaluation.trainer = hook.trainer = trainer = SimpleNamespace(storage=storage, max_iter=9)
+        for it in range(1, 4):  # evaluations after iterations 1 and 3
+            storage.iter = trainer.iter = it
+            evaluation.after_step()
+            hook.after_step()
+            hook.after_step()  # the same evaluation again: ignored
+            if it == 1:
+                assert hook.best == 5.0 and scale.scale == 1.0
+    assert hook.best == 5.0 and scale.scale == 0.5 and hook.decays == 1
 
 
 def test_trainer_schedule_and_hook_order(tmp_path):
