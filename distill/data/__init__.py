@@ -7,6 +7,7 @@ the first time it is loaded through detectron2's ``DatasetCatalog`` or
 """
 
 from distill.data.annotation_checks import find_invalid_annotations
+from distill.data.cache import ensure_generated_folder
 from distill.data.register import (
     EMBEDDED_DATASET_NAMES,
     annotated_input,
@@ -33,6 +34,7 @@ __all__ = [
     "default_cache_root",
     "embedded_dataset_paths",
     "ensure_embedded_dataset",
+    "ensure_generated_folder",
     "find_invalid_annotations",
     "generate_coco_split",
     "register_embedded_datasets",

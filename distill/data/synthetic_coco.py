@@ -13,9 +13,7 @@ import importlib.metadata
 import importlib.util
 import json
 import os
-import shutil
 import sys
-import tempfile
 from collections.abc import Iterable, Iterator
 from functools import lru_cache
 from pathlib import Path
@@ -24,6 +22,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from distill.data.cache import ensure_generated_folder
 from distill.data.synthetic_render import EMBEDDED_CLASSES, render_image
 
 DATASET_VERSION = "embedded_coco_v1"
@@ -33,7 +32,6 @@ _SKIMAGE_PHOTOS = (  # PNG only: lossless decoding is identical across libraries
     "astronaut.png", "brick.png", "camera.png", "chelsea.png", "coffee.png",
     "coins.png", "grass.png", "gravel.png", "moon.png", "motorcycle_left.png",
 )  # fmt: skip
-DONE_MARKER = "COMPLETE"
 
 
 def find_background_images() -> list[Path]:
@@ -210,9 +208,8 @@ def ensure_embedded_dataset(
 ) -> dict[str, Any]:
     """Generates the embedded dataset into the cache on first use and returns its paths.
 
-    Generation writes into a temporary sibling folder that is renamed into place at the end, so
-    an interrupted run never leaves a partial dataset, and concurrent processes either win the
-    rename or discard their copy and use the winner's (identical) one.
+    Generation is atomic (:func:`distill.data.cache.ensure_generated_folder`): an interrupted run
+    never leaves a partial dataset, and concurrent processes end up with one identical copy.
 
     Args:
         root: Cache root (default :func:`default_cache_root`).
@@ -225,38 +222,10 @@ def ensure_embedded_dataset(
         The dict of :func:`embedded_dataset_paths`.
     """
     paths = embedded_dataset_paths(root, seed, num_images)
-    final: Path = paths["dataset_dir"]
-    if (final / DONE_MARKER).is_file() and not force:
-        return paths
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the dataset is a readable cache
-    try:
+
+    def write(folder: Path) -> None:
         for split, count in (num_images or DEFAULT_NUM_IMAGES).items():
-            generate_coco_split(tmp, split, count, seed, progress=progress)
-        publish_generated(tmp, final, replace=force)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            generate_coco_split(folder, split, count, seed, progress=progress)
+
+    ensure_generated_folder(paths["dataset_dir"], write, force=force)
     return paths
-
-
-def publish_generated(tmp: Path, final: Path, replace: bool = False) -> None:
-    """Mark the generated folder ``tmp`` complete and rename it to ``final``.
-
-    A complete copy already at ``final`` (written meanwhile by a concurrent process: identical)
-    is kept and ``tmp`` left for the caller to delete, unless ``replace``; a leftover without
-    the completion marker is moved aside and deleted first. Readers of a complete copy are never
-    disturbed by a process that finishes later.
-    """
-    (tmp / DONE_MARKER).write_text(f"{final.name}\n")
-    if final.exists():
-        if (final / DONE_MARKER).is_file() and not replace:
-            return
-        trash = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
-        os.replace(final, trash / "old")
-        shutil.rmtree(trash, ignore_errors=True)
-    try:
-        os.rename(tmp, final)
-    except OSError:
-        if not (final / DONE_MARKER).is_file():  # lost the race to a complete copy: fine
-            raise

@@ -216,18 +216,3 @@ def test_missing_builtin_coco_names_the_expected_paths(tmp_path, monkeypatch):
     if not os.path.exists(real.json_file):
         with pytest.raises(FileNotFoundError, match=re.escape(os.path.abspath(real.json_file))):
             check_builtin_dataset_root("coco_2017_val")
-
-
-def test_a_later_generator_keeps_the_complete_copy_readers_use(tmp_path):
-    from distill.data.synthetic_coco import DONE_MARKER, publish_generated
-
-    final, late, leftover = tmp_path / "data", tmp_path / "late", tmp_path / "leftover"
-    for folder in (final, late, leftover):
-        folder.mkdir()
-        (folder / "image.png").write_text(folder.name)
-    (final / DONE_MARKER).write_text("data")
-    publish_generated(late, final)  # a concurrent process finishing second
-    assert (final / "image.png").read_text() == "data"
-    (final / DONE_MARKER).unlink()  # an interrupted, incomplete copy is replaced
-    publish_generated(leftover, final)
-    assert (final / "image.png").read_text() == "leftover" and (final / DONE_MARKER).is_file()

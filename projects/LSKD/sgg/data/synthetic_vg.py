@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import zlib
 from pathlib import Path
 
@@ -27,8 +25,8 @@ from distill.data import (
     EMBEDDED_CLASSES,
     embedded_dataset_paths,
     ensure_embedded_dataset,
+    ensure_generated_folder,
 )
-from distill.data.synthetic_coco import DONE_MARKER, publish_generated
 from sgg.data.synthetic_relations import SYNTH_PREDICATES, annotate_relations, true_predicates
 from sgg.data.vg150 import DICTS_FILE, H5_FILE, IMAGE_DATA_FILE, IMAGE_DIR
 
@@ -92,9 +90,9 @@ def ensure_vgsynth(
 ) -> Path:
     """Generates the dataset into the cache on first use (atomically) and returns its folder.
 
-    The embedded dataset with the same parameters is generated first if needed. Writing happens
-    in a temporary sibling folder renamed into place with a completion marker, so an interrupted
-    run leaves nothing partial and concurrent processes end up with one identical copy.
+    The embedded dataset with the same parameters is generated first if needed. Generation is
+    atomic (:func:`distill.data.cache.ensure_generated_folder`): an interrupted run leaves nothing
+    partial and concurrent processes end up with one identical copy.
 
     Args:
         root: Cache root (``$DISTILL_CACHE`` or ``~/.cache/distill`` by default).
@@ -103,19 +101,11 @@ def ensure_vgsynth(
             (-> h5 split 2); default 240 / 60.
         force: Regenerate even if a complete copy exists.
     """
-    final = vgsynth_dir(root, seed, num_images)
-    if (final / DONE_MARKER).is_file() and not force:
-        return final
-    embedded = ensure_embedded_dataset(root, seed, num_images, progress=False)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    tmp.chmod(0o755)
-    try:
-        write_vgsynth(tmp, embedded, seed)
-        publish_generated(tmp, final, replace=force)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+
+    def write(folder: Path) -> None:
+        write_vgsynth(folder, ensure_embedded_dataset(root, seed, num_images, progress=False), seed)
+
+    return ensure_generated_folder(vgsynth_dir(root, seed, num_images), write, force=force)
 
 
 def _name_maps(kind: str, names: tuple[str, ...], counts: np.ndarray, count_key: str) -> dict:
