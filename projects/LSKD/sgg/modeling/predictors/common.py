@@ -1,15 +1,18 @@
-"""Pieces shared by the Motifs and Transformer predictors.
+"""Pieces shared by the Motifs, VCTree and Transformer predictors.
 
-- input checks (:func:`check_inputs`, :func:`check_config`);
+- the start of every ``forward``: input checks (:func:`check_inputs`) and the object
+  representation [RoI feature ⊕ label embedding ⊕ box embedding] (:func:`embed_objects`);
+- config checks (:func:`check_config`, :func:`check_dropout`);
 - the PredCls object logits (:func:`onehot_logits`) and foreground argmax;
 - left-to-right object order per image and per-image padding / LSTM runs, so that sequence
   models see each image as one sequence and never mix images;
-- the box-geometry embedding of a batch (:func:`embed_boxes`);
 - the pair head :class:`PairHead` (``post_emb`` -> head/tail, ``post_cat`` × union feature,
   ``rel_compress``, optionally ``ctx_compress``), as in the Scene-Graph-Benchmark predictors.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -17,7 +20,7 @@ from torch.nn.utils.rnn import pack_sequence, pad_packed_sequence, pad_sequence
 
 from distill.errors import ConfigValueError
 from sgg.config import MODES
-from sgg.modeling.embeddings import box_geometry
+from sgg.modeling.embeddings import box_geometry, soft_label_embedding
 from sgg.modeling.structures import RelationInputs, RelationOutputs
 
 # PredCls object logits: +PREDCLS_LOGIT at the GT class, -PREDCLS_LOGIT elsewhere (the benchmark's
@@ -38,14 +41,25 @@ def check_dropout(key: str, value: float) -> None:
         raise ConfigValueError(f"{key} must be in [0, 1), got {value}")
 
 
-def check_inputs(inputs: RelationInputs, feature_dim: int, num_classes: int, name: str) -> None:
+def check_inputs(
+    inputs: RelationInputs, feature_dim: int, num_classes: int, name: str, classifier: bool = True
+) -> None:
     """Check shapes, mode, labels and pair indices of ``inputs`` against the predictor.
+
+    Args:
+        classifier: whether the predictor has an object classifier; one built without it
+            (for PredCls) refuses the other modes.
 
     Raises:
         ConfigValueError: naming the field (and image) at fault.
     """
     if inputs.mode not in MODES:
         raise ConfigValueError(f"{name}: RelationInputs.mode {inputs.mode!r} is not one of {MODES}")
+    if inputs.mode != "predcls" and not classifier:
+        raise ConfigValueError(
+            f"{name} was built for PredCls (no object classifier) but got mode {inputs.mode!r}; "
+            "build it with USE_GT_OBJECT_LABEL False"
+        )
     num_images = len(inputs.boxes)
     if len(inputs.image_sizes) != num_images or len(inputs.pair_idxs) != num_images:
         raise ConfigValueError(
@@ -174,25 +188,61 @@ def run_lstm(lstm: nn.LSTM, x: torch.Tensor, lengths: list[int]) -> torch.Tensor
     return out.transpose(0, 1)[mask.to(out.device)]
 
 
-def embed_boxes(
-    module: nn.Module, boxes: list[torch.Tensor], image_sizes: list[tuple[int, int]]
-) -> torch.Tensor:
-    """(N, out) ``module`` applied to the 9-d geometry of all boxes of the batch.
-
-    A BatchNorm in ``module`` cannot take batch statistics of fewer than 2 boxes: such a
-    training batch uses the running statistics instead of failing.
-    """
-    geometry = torch.cat([box_geometry(b, s) for b, s in zip(boxes, image_sizes)])
+def batchnorm_safe(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``module(x)``; a BatchNorm in ``module`` cannot take batch statistics of fewer than 2
+    rows, so such a training batch uses the running statistics instead of failing."""
     norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not (module.training and norms and len(geometry) < 2):
-        return module(geometry)
+    if not (module.training and norms and len(x) < 2):
+        return module(x)
     for norm in norms:
         norm.eval()
     try:
-        return module(geometry)
+        return module(x)
     finally:
         for norm in norms:
             norm.train()
+
+
+@dataclass
+class ObjectInputs:
+    """The objects of a batch as every predictor's context encoder starts from them, in the
+    input order (flat, image-major).
+
+    Attributes:
+        predcls: the GT labels are given (PredCls) and the predictor does not classify objects.
+        label_embedding: (N, E) embedding of the GT labels (PredCls), else of the detector's
+            foreground softmax (detached: the detector is frozen).
+        geometry: (N, 9) box geometry (:func:`~sgg.modeling.embeddings.box_geometry`), float.
+        rep: (N, D + E + B) [RoI feature ⊕ label embedding ⊕ box embedding], in the features'
+            dtype.
+    """
+
+    predcls: bool
+    label_embedding: torch.Tensor
+    geometry: torch.Tensor
+    rep: torch.Tensor
+
+
+def embed_objects(
+    inputs: RelationInputs, label_embed: nn.Embedding, box_embed: nn.Module
+) -> ObjectInputs:
+    """The shared start of a predictor's forward, after :func:`check_inputs`.
+
+    Args:
+        inputs: a checked batch with at least one image.
+        label_embed: (C, E) class embedding.
+        box_embed: maps the (N, 9) geometry to (N, B) (BatchNorm-safe for one box, see
+            :func:`batchnorm_safe`).
+    """
+    predcls = inputs.mode == "predcls"
+    feats = inputs.obj_features
+    embed = soft_label_embedding(
+        label_embed, inputs.obj_det_logits.detach(), inputs.obj_labels if predcls else None
+    )
+    geometry = torch.cat([box_geometry(b, s) for b, s in zip(inputs.boxes, inputs.image_sizes)])
+    boxes = batchnorm_safe(box_embed, geometry)
+    rep = torch.cat([feats, embed.to(feats.dtype), boxes.to(feats.dtype)], dim=1)
+    return ObjectInputs(predcls, embed, geometry, rep)
 
 
 class PairHead(nn.Module):

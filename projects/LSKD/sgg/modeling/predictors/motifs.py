@@ -14,14 +14,13 @@ import torch
 from detectron2.config import configurable
 from torch import nn
 
-from distill.errors import ConfigValueError
-from sgg.modeling.embeddings import class_embedding, position_embedding, soft_label_embedding
+from sgg.modeling.embeddings import class_embedding, position_embedding
 from sgg.modeling.predictors.common import (
     PairHead,
     check_config,
     check_dropout,
     check_inputs,
-    embed_boxes,
+    embed_objects,
     empty_outputs,
     foreground_argmax,
     left_to_right_order,
@@ -205,25 +204,17 @@ class MotifPredictor(nn.Module):
 
     def forward(self, inputs: RelationInputs) -> RelationOutputs:
         """Object and predicate logits of a batch (see :class:`RelationOutputs`)."""
-        check_inputs(inputs, self.feature_dim, self.num_classes, "MotifPredictor")
-        predcls = inputs.mode == "predcls"
-        if not predcls and self.decoder is None:
-            raise ConfigValueError(
-                f"MotifPredictor was built for PredCls (no object decoder) but got mode "
-                f"{inputs.mode!r}; build it with USE_GT_OBJECT_LABEL False"
-            )
+        name, classifier = "MotifPredictor", self.decoder is not None
+        check_inputs(inputs, self.feature_dim, self.num_classes, name, classifier)
         feats, labels, lengths = inputs.obj_features, inputs.obj_labels, inputs.num_objs
         if sum(lengths) == 0:
             return empty_outputs(feats, self.num_classes, self.num_predicates)
-        embed = soft_label_embedding(
-            self.obj_embed1, inputs.obj_det_logits.detach(), labels if predcls else None
-        )
-        pos = embed_boxes(self.pos_embed, inputs.boxes, inputs.image_sizes)
+        objects = embed_objects(inputs, self.obj_embed1, self.pos_embed)
         perm, inv_perm = left_to_right_order(inputs.boxes)
-        obj_rep = torch.cat([feats, embed.to(feats.dtype), pos.to(feats.dtype)], dim=1)[perm]
+        obj_rep = objects.rep[perm]
         obj_ctx = self.lin_obj_h(run_lstm(self.obj_ctx_rnn, obj_rep, lengths))  # sorted order
 
-        if predcls:
+        if objects.predcls:
             obj_preds, obj_logits = labels, onehot_logits(labels, self.num_classes, feats.dtype)
             sorted_preds = labels[perm]
         else:

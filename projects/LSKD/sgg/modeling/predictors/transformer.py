@@ -15,14 +15,13 @@ import torch
 from detectron2.config import configurable
 from torch import nn
 
-from distill.errors import ConfigValueError
-from sgg.modeling.embeddings import class_embedding, soft_label_embedding
+from sgg.modeling.embeddings import class_embedding
 from sgg.modeling.predictors.common import (
     PairHead,
     check_config,
     check_dropout,
     check_inputs,
-    embed_boxes,
+    embed_objects,
     empty_outputs,
     foreground_argmax,
     onehot_logits,
@@ -228,23 +227,14 @@ class TransformerPredictor(nn.Module):
 
     def forward(self, inputs: RelationInputs) -> RelationOutputs:
         """Object and predicate logits of a batch (see :class:`RelationOutputs`)."""
-        check_inputs(inputs, self.feature_dim, self.num_classes, "TransformerPredictor")
-        predcls = inputs.mode == "predcls"
-        if not predcls and self.out_obj is None:
-            raise ConfigValueError(
-                f"TransformerPredictor was built for PredCls (no object classifier) but got "
-                f"mode {inputs.mode!r}; build it with USE_GT_OBJECT_LABEL False"
-            )
+        name, classifier = "TransformerPredictor", self.out_obj is not None
+        check_inputs(inputs, self.feature_dim, self.num_classes, name, classifier)
         feats, labels, lengths = inputs.obj_features, inputs.obj_labels, inputs.num_objs
         if sum(lengths) == 0:
             return empty_outputs(feats, self.num_classes, self.num_predicates)
-        embed = soft_label_embedding(
-            self.obj_embed1, inputs.obj_det_logits.detach(), labels if predcls else None
-        )
-        boxes = embed_boxes(self.bbox_embed, inputs.boxes, inputs.image_sizes)
-        obj_rep = torch.cat([feats, embed.to(feats.dtype), boxes.to(feats.dtype)], dim=1)
-        obj_ctx = self.context_obj(self.lin_obj(obj_rep), lengths)
-        if predcls:
+        objects = embed_objects(inputs, self.obj_embed1, self.bbox_embed)
+        obj_ctx = self.context_obj(self.lin_obj(objects.rep), lengths)
+        if objects.predcls:
             obj_preds, obj_logits = labels, onehot_logits(labels, self.num_classes, feats.dtype)
         else:
             obj_logits = self.out_obj(obj_ctx)

@@ -20,14 +20,13 @@ from detectron2.config import configurable
 from torch import nn
 
 from distill.errors import ConfigValueError
-from sgg.config import MODES
-from sgg.modeling.embeddings import (
-    box_geometry,
-    class_embedding,
-    position_embedding,
-    soft_label_embedding,
+from sgg.modeling.embeddings import class_embedding, position_embedding
+from sgg.modeling.predictors.common import (
+    batchnorm_safe,
+    check_inputs,
+    embed_objects,
+    onehot_logits,
 )
-from sgg.modeling.predictors.common import PREDCLS_LOGIT, onehot_logits
 from sgg.modeling.predictors.registry import SGG_PREDICTOR_REGISTRY
 from sgg.modeling.predictors.vctree_tree import (
     BiTreeLSTM,
@@ -37,8 +36,6 @@ from sgg.modeling.predictors.vctree_tree import (
     dropout_mask,
 )
 from sgg.modeling.structures import RelationInputs, RelationOutputs
-
-ONE_HOT_LOGIT = PREDCLS_LOGIT  # PredCls object logits: +- this (common.onehot_logits)
 
 
 def overlap_info(boxes: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
@@ -59,18 +56,6 @@ def overlap_info(boxes: torch.Tensor, image_size: tuple[int, int]) -> torch.Tens
     return torch.stack(
         [count, inter_sum, iou_sum, inter_sum / denom, iou_sum / denom, area / image_area], dim=1
     )
-
-
-def _batchnorm_safe(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Run ``module`` (which holds BatchNorm) on x; a training batch of < 2 rows has no batch
-    statistics, so it uses the running ones."""
-    if not module.training or x.shape[0] >= 2:
-        return module(x)
-    module.eval()
-    try:
-        return module(x)
-    finally:
-        module.train()
 
 
 class TreeScoreNet(nn.Module):
@@ -94,8 +79,8 @@ class TreeScoreNet(nn.Module):
     def forward(self, x, embed, geometry, overlap, num_objs: list[int]) -> list[torch.Tensor]:
         """(N, D), (N, E), (N, 9), (N, 6) -> per image (N_i, N_i) score logits."""
         parts = [self.obj_reduce(x.detach()), self.emb_reduce(embed.detach())]
-        parts += [_batchnorm_safe(self.box_embed, geometry)]
-        parts += [_batchnorm_safe(self.overlap_embed, overlap)]
+        parts += [batchnorm_safe(self.box_embed, geometry)]
+        parts += [batchnorm_safe(self.overlap_embed, overlap)]
         h = F.relu(self.score_pre(torch.cat(parts, dim=1)))
         sub, obj = F.relu(self.score_sub(h)), F.relu(self.score_obj(h))
         w_prod, w_sub, w_obj = self.pair.weight[0].split(sub.shape[1])
@@ -222,20 +207,17 @@ class VCTreePredictor(nn.Module):
     def forward(self, inputs: RelationInputs) -> RelationOutputs:
         self._check_inputs(inputs)
         x, num_objs = inputs.obj_features, inputs.num_objs
-        predcls = inputs.mode == "predcls"
-        labels = inputs.obj_labels if predcls else None
-        embed = soft_label_embedding(self.obj_embed, inputs.obj_det_logits, labels)
-        boxes_sizes = list(zip(inputs.boxes, inputs.image_sizes))
-        geometry = torch.cat([box_geometry(b, s) for b, s in boxes_sizes])
-        overlap = torch.cat([overlap_info(b, s) for b, s in boxes_sizes])
-        score_logits = self.score_net(x, embed, geometry, overlap, num_objs)
+        objects = embed_objects(inputs, self.obj_embed, self.pos_embed)
+        overlap = torch.cat([overlap_info(b, s) for b, s in zip(inputs.boxes, inputs.image_sizes)])
+        score_logits = self.score_net(
+            x, objects.label_embedding, objects.geometry, overlap, num_objs
+        )
         tree = self._trees(score_logits, num_objs, x.device)
 
-        pos = _batchnorm_safe(self.pos_embed, geometry)
-        obj_ctx = self.obj_ctx(torch.cat([x, embed, pos], dim=1), tree)
-        if predcls:
-            obj_preds = labels
-            obj_logits = onehot_logits(labels, self.num_classes, x.dtype)
+        obj_ctx = self.obj_ctx(objects.rep, tree)
+        if objects.predcls:
+            obj_preds = inputs.obj_labels
+            obj_logits = onehot_logits(obj_preds, self.num_classes, x.dtype)
         else:
             obj_logits = self.decoder(torch.cat([x, obj_ctx], dim=1), tree)
             obj_preds = obj_logits[:, :-1].argmax(dim=1)
@@ -264,23 +246,15 @@ class VCTreePredictor(nn.Module):
         return build_schedule(scores, device)
 
     def _check_inputs(self, inputs: RelationInputs) -> None:
+        """:func:`check_inputs`, a non-empty batch and the (N_i, N_i) ``rel_binary`` targets."""
         if not inputs.boxes:
-            raise ValueError("VCTreePredictor: the batch has no images")
-        if inputs.mode not in MODES:
-            raise ValueError(f"VCTreePredictor: mode {inputs.mode!r} is not one of {MODES}")
-        if inputs.mode == "predcls" and inputs.obj_labels is None:
-            raise ValueError("VCTreePredictor: PredCls needs obj_labels (the GT classes)")
-        expected = {
-            "obj_features": (inputs.obj_features, (sum(inputs.num_objs), self.feature_dim)),
-            "union_features": (inputs.union_features, (sum(inputs.num_pairs), self.feature_dim)),
-        }
+            raise ConfigValueError("VCTreePredictor: the batch has no images")
+        check_inputs(inputs, self.feature_dim, self.num_classes, "VCTreePredictor")
         for i, (target, k) in enumerate(zip(inputs.rel_binary or [], inputs.num_objs)):
-            expected[f"rel_binary of image {i}"] = (target, (k, k))
-        for name, (tensor, shape) in expected.items():
-            if tuple(tensor.shape) != shape:
-                raise ValueError(
-                    f"VCTreePredictor: {name} is {tuple(tensor.shape)}, expected {shape} "
-                    "(features: (objects or pairs of the batch, feature_dim))"
+            if tuple(target.shape) != (k, k):
+                raise ConfigValueError(
+                    f"VCTreePredictor: RelationInputs.rel_binary of image {i} has shape "
+                    f"{tuple(target.shape)}; expected ({k}, {k}) (its objects squared)"
                 )
 
 

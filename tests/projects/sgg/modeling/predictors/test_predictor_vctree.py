@@ -1,4 +1,6 @@
-"""VCTreePredictor (sgg.modeling.predictors.vctree) and its trees (vctree_tree)."""
+"""VCTreePredictor's own parts (sgg.modeling.predictors.vctree) and its trees (vctree_tree):
+spanning and binary trees, the tree LSTMs, the pair-score loss, overlap features, the config and
+its errors (the checks every predictor passes are in test_predictors.py)."""
 
 from __future__ import annotations
 
@@ -9,44 +11,17 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from sgg.modeling.predictors import vctree as vc  # registers VCTreePredictor
+from predictor_inputs import EMBED, HIDDEN, C, D, P, make_inputs, make_predictor
+from sgg.modeling.predictors import vctree as vc
 from sgg.modeling.predictors import vctree_tree as vt
 from sgg.modeling.predictors.registry import build_predictor
-from sgg.modeling.structures import RelationInputs
 
 from distill.config import get_distill_cfg
 from distill.errors import ConfigValueError
 
-D, HIDDEN, POOL, C, P, EMBED = 32, 16, 24, 7, 5, 12
-MODES = ("predcls", "sgcls", "sgdet")
-
-
-def make_inputs(num_objs=(4, 3, 1), mode="predcls", seed=0, labels=True, binary=False):
-    """Random boxes and features, all ordered pairs per image, optional random rel_binary."""
-    g = torch.Generator().manual_seed(seed)
-    boxes, pairs = [], []
-    for n in num_objs:
-        xy = torch.rand(n, 2, generator=g) * 60
-        boxes.append(torch.cat([xy, xy + 5 + torch.rand(n, 2, generator=g) * 40], dim=1))
-        grid = torch.cartesian_prod(torch.arange(n), torch.arange(n)).reshape(-1, 2)
-        pairs.append(grid[grid[:, 0] != grid[:, 1]])
-    n, m = sum(num_objs), sum(len(p) for p in pairs)
-    rel_binary = [(torch.rand(k, k, generator=g) > 0.6).float() for k in num_objs]
-    return RelationInputs(
-        torch.randn(n, D, generator=g), torch.randn(m, D, generator=g), boxes,
-        [(110, 120)] * len(num_objs), pairs, torch.randn(n, C + 1, generator=g),
-        torch.randint(0, C, (n,), generator=g) if labels else None, mode,
-        rel_binary if binary else None,
-    )  # fmt: skip
-
 
 def make_model(seed=0, **overrides) -> vc.VCTreePredictor:
-    torch.manual_seed(seed)
-    kwargs = dict(
-        feature_dim=D, num_classes=C, num_predicates=P, embed_dim=EMBED, hidden_dim=HIDDEN,
-        pooling_dim=POOL, dropout=0.2, obj_layers=1, rel_layers=2,
-    )  # fmt: skip
-    return vc.VCTreePredictor(**{**kwargs, **overrides})
+    return make_predictor("vctree", seed, **overrides)
 
 
 def is_spanning_tree(n: int, edges) -> bool:
@@ -157,30 +132,6 @@ def test_tree_lstms_match_node_by_node_reference():
         assert torch.allclose(cell(x, tree, None), expected, atol=1e-6)
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_output_shapes_in_every_mode(mode):
-    model = make_model()
-    for training in (True, False):
-        model.train(training)
-        for num_objs in ((4, 3, 1), (1,), (0, 2), (1, 1)):
-            labels = training or mode == "predcls"
-            inputs = make_inputs(num_objs, mode, labels=labels, binary=training)
-            out = model(inputs)
-            n, m = sum(num_objs), sum(inputs.num_pairs)
-            assert out.obj_logits.shape == (n, C + 1) and out.obj_preds.shape == (n,)
-            assert out.rel_logits.shape == (m, P + 1) and out.obj_preds.dtype == torch.long
-            assert torch.isfinite(out.rel_logits).all() and torch.isfinite(out.obj_logits).all()
-            assert ((out.obj_preds >= 0) & (out.obj_preds < C)).all()
-            assert set(out.losses) == ({"loss_vctree_binary"} if training else set())
-            assert all(torch.isfinite(loss) for loss in out.losses.values())
-            if mode == "predcls":  # GT labels, logits +-ONE_HOT_LOGIT
-                assert torch.equal(out.obj_preds, inputs.obj_labels)
-                onehot = F.one_hot(inputs.obj_labels, C + 1).float()
-                assert torch.equal(out.obj_logits, (2 * onehot - 1) * vc.ONE_HOT_LOGIT)
-    assert model.eval()(make_inputs(mode=mode, binary=True)).losses == {}  # eval: no loss
-    assert model.train()(make_inputs(mode=mode, binary=False)).losses == {}  # no targets
-
-
 def test_binary_loss_hand_computed():
     logits = [torch.tensor([[5.0, 2.0], [-1.0, 7.0]]), torch.zeros(1, 1), torch.zeros(3, 3)]
     targets = [torch.tensor([[1.0, 1.0], [0.0, 1.0]]), torch.ones(1, 1), torch.eye(3)]
@@ -200,6 +151,7 @@ def test_binary_loss_hand_computed():
         per_image.append((pos * F.softplus(-b) + (len(off) - pos) * F.softplus(b)) / len(off))
     loss = model(inputs).losses["loss_vctree_binary"]
     assert float(loss) == pytest.approx(float(sum(per_image) / 2), rel=1e-5)
+    assert model(make_inputs((4, 3, 1))).losses == {}  # training without targets: no loss
 
 
 def test_gradients_reach_score_net_and_context_encoders():
@@ -215,38 +167,6 @@ def test_gradients_reach_score_net_and_context_encoders():
     for p in context + [model.decoder.lstm.e_gates.weight, model.post_emb.weight]:
         assert p.grad is not None and p.grad.abs().sum() > 0
     assert model.score_net.pair.weight.grad is None  # score inputs are detached
-
-
-@pytest.mark.parametrize("mode", ["predcls", "sgdet"])
-def test_no_cross_image_leakage_and_eval_determinism(mode):
-    model = make_model().eval()
-    a, b = (make_inputs((4, 3), mode, seed=1, labels=mode == "predcls") for _ in range(2))
-    b.obj_features[4:] += torch.randn(3, D)
-    b.boxes[1] = b.boxes[1] * 1.5
-    b.union_features[12:] += 1.0
-    with torch.no_grad():
-        out_a, out_a2, out_b = model(a), model(a), model(b)
-    assert torch.equal(out_a.rel_logits, out_a2.rel_logits)  # deterministic; a == a2 below
-    assert torch.allclose(out_a.rel_logits[:12], out_b.rel_logits[:12], atol=1e-6)
-    assert torch.allclose(out_a.obj_logits[:4], out_b.obj_logits[:4], atol=1e-6)
-    assert torch.equal(out_a.obj_logits, out_a2.obj_logits)
-    assert not torch.allclose(out_a.rel_logits[12:], out_b.rel_logits[12:])
-
-
-@pytest.mark.parametrize("mode", ["predcls", "sgcls"])
-def test_results_follow_the_input_order(mode):
-    """Permuting an image's objects (and renaming its pairs) permutes the outputs alike."""
-    model = make_model(pooling_dim=D).eval()
-    a, b = make_inputs((5,), mode, seed=2), make_inputs((5,), mode, seed=2)
-    perm = torch.tensor([3, 0, 4, 1, 2])  # b's object k is a's object perm[k]
-    b.obj_features, b.obj_det_logits = a.obj_features[perm], a.obj_det_logits[perm]
-    b.obj_labels, b.boxes = a.obj_labels[perm], [a.boxes[0][perm]]
-    b.pair_idxs = [torch.argsort(perm)[a.pair_idxs[0]]]
-    with torch.no_grad():
-        out_a, out_b = model(a), model(b)
-    assert torch.allclose(out_a.obj_logits[perm], out_b.obj_logits, atol=1e-5)
-    assert torch.equal(out_a.obj_preds[perm], out_b.obj_preds)
-    assert torch.allclose(out_a.rel_logits, out_b.rel_logits, atol=1e-5)
 
 
 def test_overlap_info_hand_case():
@@ -286,14 +206,14 @@ def test_bad_config_is_a_clear_error(key, value, match):
         build_predictor(sgg_cfg(NUM_CLASSES=C, **{key: value}), D)
 
 
-def test_bad_inputs_are_clear_errors():
-    model, good = make_model(), make_inputs()
+def test_bad_targets_and_empty_batches_are_clear_errors():
+    model, good = make_model(), make_inputs(binary=True)
     bad = {
-        "obj_features is": dict(obj_features=torch.zeros(8, 3)),
-        "PredCls needs obj_labels": dict(obj_labels=None),
-        "rel_binary of image 1": dict(rel_binary=[torch.zeros(k, k) for k in (4, 2, 1)]),
-        "mode 'detect'": dict(mode="detect"),
+        r"rel_binary of image 1 has shape \(2, 2\); expected \(3, 3\)": dict(
+            rel_binary=[torch.zeros(k, k) for k in (4, 2, 1)]
+        ),
+        "the batch has no images": dict(boxes=[], image_sizes=[], pair_idxs=[]),
     }
     for match, fields in bad.items():
-        with pytest.raises(ValueError, match=match):
+        with pytest.raises(ConfigValueError, match=f"^VCTreePredictor: .*{match}"):
             model(replace(good, **fields))
