@@ -46,6 +46,7 @@ from detectron2.utils.events import EventStorage
 from distill.checkpoint import student_state_dict
 from distill.compiled_ops import check_device
 from distill.export import plain_config
+from distill.random_teacher import calibrate_frozen_batchnorm
 
 MIB, MEMORY_CALLS = 2**20, 2
 # glibc mallopt parameters and the thresholds of the memory pass / the timed calls
@@ -182,69 +183,6 @@ def _same_outputs(a: list[dict], b: list[dict]) -> bool:
     fields = (lambda i: i.pred_boxes.tensor, lambda i: i.scores, lambda i: i.pred_classes)
     pairs = [(x["instances"], y["instances"]) for x, y in zip(a, b, strict=True)]
     return all(torch.equal(f(x), f(y)) for x, y in pairs for f in fields)
-
-
-def calibrate_frozen_batchnorm(model: torch.nn.Module, batch: list[dict]) -> int:
-    """Give every ``FrozenBatchNorm2d`` of a randomly initialised ``model`` the statistics of
-    its own input: per-channel mean and (biased) variance on ``batch``, in one eval forward.
-
-    With identity statistics a random ResNet-50 multiplies its activations at every residual
-    block (FPN maps of std ~2000 at 320 px), its losses are in the hundreds and SGD diverges to
-    NaN within a few steps. Calibrated, the network runs at the unit scale trained statistics
-    give, so its timings are those of a sane detector. Only buffers change; the compute is the
-    same. Layers that the forward does not reach keep their statistics.
-
-    Returns:
-        The number of layers calibrated.
-    """
-    from detectron2.layers import FrozenBatchNorm2d
-
-    def set_statistics(module: FrozenBatchNorm2d, args: tuple) -> None:
-        x = args[0].detach().float()
-        module.running_mean.copy_(x.mean(dim=(0, 2, 3)))
-        module.running_var.copy_(x.var(dim=(0, 2, 3), unbiased=False))
-        handles.pop(module).remove()  # the first call only
-
-    layers = [m for m in model.modules() if isinstance(m, FrozenBatchNorm2d)]
-    handles = {m: m.register_forward_pre_hook(set_statistics) for m in layers}
-    was_training = model.training
-    try:
-        with torch.no_grad(), EventStorage(0):
-            model.eval()(batch)
-    finally:
-        for handle in handles.values():
-            handle.remove()
-        model.train(was_training)
-    return len(layers) - len(handles)
-
-
-def distillers_reading_teacher(cfg: CfgNode) -> list[str]:
-    """The names in ``DISTILL.DISTILLERS`` whose distiller reads a teacher (features or model);
-    an empty list means the Distill model builds no teacher (e.g. LGD's implicit one)."""
-    from distill.distiller import TEACHER_ITEMS
-    from distill.registry import get_distiller_class
-
-    names = cfg.DISTILL.DISTILLERS
-    return [n for n in names if get_distiller_class(n).needs & TEACHER_ITEMS]
-
-
-def save_random_teacher(cfg: CfgNode, batch: list[dict], directory: str, seed: int = 0) -> str:
-    """Write a random-init, :func:`calibrate_frozen_batchnorm`-ed checkpoint of the teacher of
-    ``cfg`` (its ``DISTILL.TEACHER`` config and overrides) to ``directory``; return its path.
-
-    For measuring cost at paper scale where the trained teacher weights are not at hand: the
-    teacher's compute does not depend on its weights, only its detections' count would.
-    """
-    from detectron2.checkpoint import DetectionCheckpointer
-
-    from distill.teacher import teacher_config
-
-    os.makedirs(directory, exist_ok=True)
-    seed_all_rng(seed)
-    model = build_model(teacher_config(cfg))
-    calibrate_frozen_batchnorm(model, _to_device(batch, model.device))
-    DetectionCheckpointer(model, save_dir=directory).save("random_teacher")
-    return os.path.join(directory, "random_teacher.pth")
 
 
 # ratio name -> (numerator phase, denominator phase, stat)

@@ -21,8 +21,9 @@ types stay as shipped):
 * weights: random (``MODEL.WEIGHTS ""``: the ImageNet and trained-detector files are not here).
   Frozen BatchNorm layers, which would keep identity statistics and let a deep random ResNet blow
   its activations up to inf, get the statistics of a batch
-  (:func:`distill.benchmark.calibrate_frozen_batchnorm`), as pretrained weights would give them. A
-  teacher is its config's model, random and calibrated the same way, saved to a temporary file.
+  (:func:`distill.random_teacher.calibrate_frozen_batchnorm`), as pretrained weights would give
+  them. A teacher is its config's model, random and calibrated the same way, saved to a temporary
+  file.
 * learning rate: ``SOLVER.BASE_LR`` 1e-5. A random deep ResNet with unnormalised (MSRA) input has
   weight gradients of 1e4-1e5 (7e4 on res3 of the calibrated random R101), so even the shipped
   rate of iteration 0 (BASE_LR x WARMUP_FACTOR, 1e-5) throws it to inf in one step, where
@@ -128,7 +129,7 @@ def tiny_config(path: Path, datasets: dict):
     from detectron2.data import MetadataCatalog
 
     import distill
-    from distill.benchmark import distillers_reading_teacher
+    from distill.random_teacher import distillers_reading_teacher
 
     cfg = distill.get_distill_cfg()
     cfg.merge_from_file(str(path))
@@ -166,8 +167,8 @@ class _Backbone(nn.Module):
 
 def trainer_class():
     """DistillTrainer whose randomly initialised model gets calibrated frozen-BN statistics."""
-    from distill.benchmark import calibrate_frozen_batchnorm
     from distill.engine import DistillTrainer
+    from distill.random_teacher import calibrate_frozen_batchnorm
 
     class RandomInitTrainer(DistillTrainer):
         @classmethod
@@ -181,8 +182,8 @@ def trainer_class():
 
 def needed_compiled_ops(cfg) -> list[str]:
     """The compiled-op keys of the config and of its teacher (if a distiller reads one)."""
-    from distill.benchmark import distillers_reading_teacher
     from distill.compiled_ops import compiled_op_keys
+    from distill.random_teacher import distillers_reading_teacher
     from distill.teacher import teacher_config
 
     keys = compiled_op_keys(cfg)
@@ -263,8 +264,8 @@ def train_two_steps(cfg) -> Run:
 @pytest.mark.parametrize("path", MODEL_CONFIGS, ids=rel)
 def test_config_trains_two_steps_and_evaluates_one_image(path, tiny_datasets, trained_configs,
                                                          tmp_path, monkeypatch):  # fmt: skip
-    from distill.benchmark import distillers_reading_teacher, save_random_teacher
     from distill.compiled_ops import has_compiled_ops
+    from distill.random_teacher import distillers_reading_teacher, save_random_teacher
 
     monkeypatch.chdir(REPO)  # teacher CONFIG_FILEs are relative to the repository
     cfg = tiny_config(path, tiny_datasets)

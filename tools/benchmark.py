@@ -44,11 +44,12 @@ from detectron2.config import CfgNode
 from detectron2.structures import Boxes, Instances
 
 import distill
-from distill.benchmark import distillers_reading_teacher, run_benchmark, save_random_teacher
+from distill.benchmark import run_benchmark
 from distill.compiled_ops import check_device
-from distill.errors import ConfigValueError, run_cli
+from distill.errors import run_cli
 from distill.export import plain_config
 from distill.modeling import HEAD_CONFIG_NODES
+from distill.random_teacher import no_teacher_reason, with_random_teacher
 
 PHASES = {
     "train_student": "train step, student alone (DISTILL.DISTILLERS=[])",
@@ -183,34 +184,6 @@ def setup(args: argparse.Namespace) -> CfgNode:
     cfg = distill.get_distill_cfg()
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
-    cfg.freeze()
-    return cfg
-
-
-def no_teacher_reason(cfg: CfgNode) -> str | None:
-    """Why the model of ``cfg`` builds no teacher, or None when a distiller reads one."""
-    distillers = list(cfg.DISTILL.DISTILLERS)
-    if not distillers:
-        return "the config has no DISTILL.DISTILLERS"
-    if not distillers_reading_teacher(cfg):
-        return f"DISTILL.DISTILLERS={distillers} read no teacher (they need no teacher weights)"
-    return None
-
-
-def with_random_teacher(cfg: CfgNode, batch: list, directory: str, seed: int) -> CfgNode:
-    """``cfg`` with ``DISTILL.TEACHER.WEIGHTS`` replaced by a random teacher saved in
-    ``directory`` (:func:`distill.benchmark.save_random_teacher`).
-
-    Raises:
-        ConfigValueError: no configured distiller reads a teacher (:func:`no_teacher_reason`).
-    """
-    reason = no_teacher_reason(cfg)
-    if reason is not None:
-        raise ConfigValueError(f"--random-teacher: {reason}; there is no teacher to replace")
-    cfg = cfg.clone()
-    cfg.defrost()
-    cfg.DISTILL.TEACHER.WEIGHTS = save_random_teacher(cfg, batch, directory, seed)
-    cfg.DISTILL.TEACHER.REQUIRE_CARD = False  # a random teacher is unverified by design
     cfg.freeze()
     return cfg
 
