@@ -1,11 +1,9 @@
 """Knowledge distillation for detectron2: the shared core.
 
 Importing ``distill`` registers the Distill meta-architectures, the yacs FCOS, the adapters and
-the embedded datasets. :func:`load_projects` imports every installed method project (entry-point
-group ``distill.projects``) so that their distillers are registered.
+the embedded datasets; it imports no method project. :func:`load_config` builds a config, importing
+the user code it names and, when needed, the installed projects (:mod:`distill.user_code`).
 """
-
-from importlib.metadata import entry_points
 
 from distill import distillers, modeling, modules  # noqa: F401  (registration)
 from distill.config import add_distill_config, get_distill_cfg
@@ -13,17 +11,9 @@ from distill.context import DistillContext
 from distill.data.register import register_embedded_datasets
 from distill.distiller import CONTEXT_ITEMS, Distiller
 from distill.registry import ADAPTER_REGISTRY, DISTILLER_REGISTRY
+from distill.user_code import import_user_code, load_config, load_projects
 
 register_embedded_datasets()
-
-
-def load_projects() -> list[str]:
-    """Import every project registered under the ``distill.projects`` entry-point group."""
-    loaded = []
-    for entry in entry_points(group="distill.projects"):
-        entry.load()
-        loaded.append(entry.name)
-    return loaded
 
 
 __all__ = [
@@ -34,6 +24,8 @@ __all__ = [
     "Distiller",
     "add_distill_config",
     "get_distill_cfg",
+    "import_user_code",
+    "load_config",
     "load_projects",
     "register_embedded_datasets",
 ]

@@ -42,8 +42,8 @@ def add_fcos_config(cfg: CN) -> None:
 def add_distill_config(cfg: CN) -> None:
     """Add ``DISTILL.*``, ``MODEL.FCOS.*`` and the config node of every registered distiller.
 
-    Call it after importing the projects (``distill.load_projects()``) so that their distillers
-    are registered and their keys exist before a YAML file is merged. Idempotent.
+    Call it after importing the modules that register distillers and extensions, so that their
+    keys exist before a YAML file is merged: :func:`distill.user_code.load_config` does. Idempotent.
     """
     from distill.registry import DISTILLER_REGISTRY
 
@@ -53,6 +53,8 @@ def add_distill_config(cfg: CN) -> None:
         _C.DISTILL = CN()
         # Registered distiller names (DISTILLER_REGISTRY), applied together; [] = plain student.
         _C.DISTILL.DISTILLERS = []
+        # Modules or .py files (from the current directory) to import before the config is built.
+        _C.DISTILL.IMPORTS = []
         _C.DISTILL.TEACHER = CN()
         # The teacher's own detectron2 config file (YAML). Needed when a distiller needs a teacher.
         # In both paths "~" and $VARS are expanded; $DISTILL_CACHE defaults to ~/.cache/distill.
@@ -105,10 +107,8 @@ def add_distill_config(cfg: CN) -> None:
 
 
 def get_distill_cfg() -> CN:
-    """detectron2's default config plus every key of :func:`add_distill_config`."""
-    import distill
-
-    distill.load_projects()
+    """detectron2's default config plus every key of :func:`add_distill_config`, for the
+    distillers and extensions registered so far (it imports no project)."""
     cfg = get_cfg()
     add_distill_config(cfg)
     return cfg

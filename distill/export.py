@@ -158,17 +158,18 @@ def extract_student(
     return stats
 
 
-def load_distill_run(config_file: str, weights: str, opts: list[str], distiller: str):
+def load_distill_run(
+    config_file: str, weights: str, opts: list[str], distiller: str, imports: list[str] = ()
+):
     """(cfg, model) of a training run with ``distiller``: the Distill model of ``config_file``
-    (+ ``opts``) with the run's checkpoint loaded, distiller weights and teacher included."""
+    (+ ``opts``, after importing ``imports``) with the run's checkpoint loaded, distiller weights
+    and teacher included."""
     from detectron2.modeling import build_model
 
     from distill.checkpoint import check_local_weights
-    from distill.config import get_distill_cfg
+    from distill.user_code import load_config
 
-    cfg = get_distill_cfg()
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(opts)
+    cfg = load_config(config_file, opts, imports)
     cfg.freeze()
     if distiller not in cfg.DISTILL.DISTILLERS:
         raise ConfigValueError(f"{config_file}: DISTILL.DISTILLERS has no {distiller!r}")

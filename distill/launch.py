@@ -70,14 +70,15 @@ def run(main: Callable, args) -> object:
 
 def setup_run_logging(output_dir: str | None) -> None:
     """detectron2's log set-up (console on the main process, ``output_dir/log.txt``) for the
-    ``detectron2`` and ``fvcore`` loggers, as ``default_setup`` does, and for this codebase's and
-    every loaded project's loggers, so that their lines (the run's seed, the teacher's card,
-    warnings) reach the console and the log file like detectron2's.
+    ``detectron2`` and ``fvcore`` loggers, as ``default_setup`` does, and for this codebase's
+    and those of the projects and user modules imported so far (call it after the config is
+    loaded), so that their lines (the run's seed, the teacher's card, warnings) reach the console
+    and the log file like detectron2's.
 
     Idempotent for one ``output_dir``. A process that runs one job after another (``compare_runs``)
     calls it per job: the previous job's handlers are removed first, so each line is printed once
     and lands in the current job's ``log.txt`` only."""
-    import distill
+    from distill.user_code import user_modules
 
     if _run_logging["handlers"] is not None:
         if _run_logging["output_dir"] == output_dir:
@@ -85,7 +86,7 @@ def setup_run_logging(output_dir: str | None) -> None:
         for logger, handler in _run_logging["handlers"]:
             logger.removeHandler(handler)
         setup_logger.cache_clear()  # detectron2 caches the set-up by its arguments
-    names = ("detectron2", "fvcore", "distill", *distill.load_projects())
+    names = ("detectron2", "fvcore", "distill", *user_modules())
     before = {name: set(logging.getLogger(name).handlers) for name in names}
     rank = comm.get_rank()
     setup_logger(output_dir, distributed_rank=rank)  # the same call as default_setup's

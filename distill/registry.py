@@ -27,6 +27,7 @@ def get_distiller_class(name: str) -> type:
         known = ", ".join(sorted(n for n, _ in DISTILLER_REGISTRY)) or "(none)"
         raise ConfigKeyError(
             f"DISTILL.DISTILLERS: unknown distiller {name!r}. Registered distillers: {known}. "
-            "Is the project that defines it imported (distill.load_projects())?"
+            "If your own code defines it, load that module with --import MODULE_OR_FILE or list "
+            "it in DISTILL.IMPORTS (installed projects are found by distill.load_config)"
         )
     return DISTILLER_REGISTRY.get(name)

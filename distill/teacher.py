@@ -92,14 +92,14 @@ class Teacher:
 def teacher_config(cfg: CfgNode) -> CfgNode:
     """The frozen plain config of the teacher described by ``cfg.DISTILL.TEACHER``.
 
-    detectron2's defaults + every distill key, merged with ``CONFIG_FILE`` and then ``OPTS``;
+    :func:`distill.user_code.load_config` of ``CONFIG_FILE`` and ``OPTS`` (imports included);
     distillers of the teacher config are dropped (it is built plain), ``MODEL.DEVICE`` is the
     student's and ``MODEL.WEIGHTS`` is ``DISTILL.TEACHER.WEIGHTS``.
 
     Raises:
         ConfigValueError / MissingFileError: ``CONFIG_FILE`` is empty or names a missing file.
     """
-    from distill.config import get_distill_cfg
+    from distill.user_code import load_config
 
     tcfg = cfg.DISTILL.TEACHER
     config_file = expand_path(tcfg.CONFIG_FILE)
@@ -110,9 +110,7 @@ def teacher_config(cfg: CfgNode) -> CfgNode:
         )
     if not os.path.isfile(config_file):
         raise MissingFileError(f"DISTILL.TEACHER.CONFIG_FILE: no file at {config_file!r}")
-    teacher_cfg = get_distill_cfg()
-    teacher_cfg.merge_from_file(config_file)
-    teacher_cfg.merge_from_list(list(tcfg.OPTS))
+    teacher_cfg = load_config(config_file, list(tcfg.OPTS))
     teacher_cfg.DISTILL.DISTILLERS = []
     teacher_cfg.MODEL.DEVICE = cfg.MODEL.DEVICE
     teacher_cfg.MODEL.WEIGHTS = expand_path(tcfg.WEIGHTS)

@@ -36,19 +36,62 @@ def tiny_cfg(family: str, *opts, distillers=(), teacher=None, freeze: bool = Tru
     Args:
         teacher: (config_file, weights) of a teacher, or None; it needs no teacher card.
     """
-    import distill
+    from distill.user_code import load_config
 
-    cfg = distill.get_distill_cfg()
-    cfg.merge_from_file(str(REPO / FAMILIES[family]))
-    cfg.merge_from_list(list(TINY_OPTS))
-    cfg.DISTILL.DISTILLERS = list(distillers)
+    chosen = ["DISTILL.DISTILLERS", list(distillers)]
     if teacher is not None:
-        cfg.DISTILL.TEACHER.CONFIG_FILE, cfg.DISTILL.TEACHER.WEIGHTS = map(str, teacher)
-        cfg.DISTILL.TEACHER.REQUIRE_CARD = False  # random-init teachers have no card
-    cfg.merge_from_list(list(opts))
+        config_file, weights = map(str, teacher)
+        # random-init teachers have no card
+        chosen += ["DISTILL.TEACHER.CONFIG_FILE", config_file, "DISTILL.TEACHER.WEIGHTS", weights,
+                   "DISTILL.TEACHER.REQUIRE_CARD", False]  # fmt: skip
+    cfg = load_config(str(REPO / FAMILIES[family]), [*TINY_OPTS, *chosen, *opts])
     if freeze:
         cfg.freeze()
     return cfg
+
+
+def write_user_distiller(path: Path, name: str = "UserNormKD", node: str = "USER_NORM_KD") -> Path:
+    """A teacher-free distiller in its own file, as a user writes one (the README's "Adding a
+    distiller" shape): ``loss_<node>_l2`` pulls the student's ``<NODE>.LEVEL`` map towards 0, and
+    building it logs "<name> reads <level>" through the module's own logger."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f'''
+import logging
+
+from detectron2.config import configurable
+
+from distill import DISTILLER_REGISTRY, Distiller
+
+logger = logging.getLogger(__name__)
+
+
+@DISTILLER_REGISTRY.register()
+class {name}(Distiller):
+    config_node = "{node}"
+    terms = {{"l2": 1.0}}
+    needs = frozenset({{"student_features"}})
+
+    @configurable
+    def __init__(self, *, level, **kwargs):
+        super().__init__(**kwargs)
+        self.level = level
+
+    @classmethod
+    def add_config(cls, cfg):
+        super().add_config(cfg)
+        cfg.{node}.LEVEL = "p3"
+
+    @classmethod
+    def from_config(cls, cfg, student, teacher_shapes=None):
+        logger.info("{name} reads %s", cfg.{node}.LEVEL)
+        ret = super().from_config(cfg, student, teacher_shapes)
+        return {{**ret, "level": cfg.{node}.LEVEL}}
+
+    def forward(self, context):
+        features = context.student_features[self.level]  # (N, C, H, W)
+        return {{"loss_{node.lower()}_l2": 1e-3 * features.pow(2).mean()}}
+''')
+    return path
 
 
 def make_batch(num_images: int = 2, size=(96, 128), boxes_per_image=(3, 1), seed: int = 0):

@@ -128,11 +128,10 @@ def tiny_config(path: Path, datasets: dict):
     """The config of ``path`` on the tiny data, at the tiny size, with random weights."""
     from detectron2.data import MetadataCatalog
 
-    import distill
     from distill.random_teacher import distillers_reading_teacher
+    from distill.user_code import load_config
 
-    cfg = distill.get_distill_cfg()
-    cfg.merge_from_file(str(path))
+    cfg = load_config(str(path))
     kind = MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).get("evaluator_type", "coco")
     train, test = datasets["sgg" if kind == "sgg" else "coco"]
     meta = MetadataCatalog.get(test)

@@ -29,12 +29,9 @@ RGB_MEAN, RGB_STD = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
 
 
 def load(path: Path, *opts):
-    import distill
+    from distill.user_code import load_config
 
-    cfg = distill.get_distill_cfg()
-    cfg.merge_from_file(str(path))
-    cfg.merge_from_list(list(opts))
-    return cfg
+    return load_config(str(path), opts)
 
 
 def rel(path: Path) -> str:

@@ -40,12 +40,11 @@ def verified_teacher_or_skip(cfg) -> None:
 @pytest.mark.timeout(1800)
 @pytest.mark.parametrize("path", CONFIGS)
 def test_default_loss_ratio_stop_leaves_verified_teachers_alone(path, tmp_path, monkeypatch):
-    import distill
     from distill.engine import DistillTrainer
+    from distill.user_code import load_config
 
     monkeypatch.chdir(REPO)
-    cfg = distill.get_distill_cfg()
-    cfg.merge_from_file(path)
+    cfg = load_config(path)
     verified_teacher_or_skip(cfg)
     cfg.merge_from_list(["SOLVER.MAX_ITER", ITERATIONS, "DATASETS.TEST", (),
                          "OUTPUT_DIR", str(tmp_path)])  # fmt: skip

@@ -43,13 +43,13 @@ import torch
 from detectron2.config import CfgNode
 from detectron2.structures import Boxes, Instances
 
-import distill
 from distill.benchmark import run_benchmark
 from distill.compiled_ops import check_device
 from distill.errors import run_cli
 from distill.export import plain_config
 from distill.modeling import HEAD_CONFIG_NODES
 from distill.random_teacher import no_teacher_reason, with_random_teacher
+from distill.user_code import add_import_argument, load_config
 
 PHASES = {
     "train_student": "train step, student alone (DISTILL.DISTILLERS=[])",
@@ -175,15 +175,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--json", default=None, help="result file (OUTPUT_DIR/benchmark.json)")
+    add_import_argument(parser)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     return parser.parse_args(argv)
 
 
 def setup(args: argparse.Namespace) -> CfgNode:
     """Config as in tools/train_net.py: defaults + registered keys, the file, the overrides."""
-    cfg = distill.get_distill_cfg()
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = load_config(args.config_file, args.opts, args.imports)
     cfg.freeze()
     return cfg
 

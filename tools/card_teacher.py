@@ -16,24 +16,23 @@ from __future__ import annotations
 import argparse
 import tempfile
 
-import distill
 from distill.checkpoint import expand_path
 from distill.errors import run_cli
 from distill.launch import setup_run_logging
 from distill.teacher_card import card_path
 from distill.teacher_gate import card_teacher, load_for_gate
+from distill.user_code import add_import_argument, load_config
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config-file", required=True, help="the teacher's config")
     parser.add_argument("--weights", required=True, help="the teacher's checkpoint")
+    add_import_argument(parser)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args(argv)
+    cfg = load_config(args.config_file, args.opts, args.imports)
     setup_run_logging(None)
-    cfg = distill.get_distill_cfg()
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
     weights = expand_path(args.weights)
     with tempfile.TemporaryDirectory() as scratch:
         cfg.OUTPUT_DIR = scratch  # the evaluator's files; only the card is kept

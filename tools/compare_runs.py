@@ -31,7 +31,6 @@ import os
 import statistics
 import time
 
-import distill
 from distill.checkpoint import expand_path
 from distill.distiller import TEACHER_ITEMS
 from distill.engine import train_and_evaluate
@@ -39,6 +38,7 @@ from distill.errors import DivergenceError, run_cli
 from distill.launch import setup_run_logging
 from distill.registry import get_distiller_class
 from distill.teacher_card import TeacherCardError, read_card
+from distill.user_code import add_import_argument, load_config
 
 METRICS = ("AP", "AP50", "AP75")
 
@@ -95,7 +95,9 @@ def read_results(results_file: str) -> dict:
     return record
 
 
-def run_one(config_file: str, seed: int, output_dir: str, opts: list[str]) -> dict:
+def run_one(
+    config_file: str, seed: int, output_dir: str, opts: list[str], imports: list[str] = ()
+) -> dict:
     """The bbox metrics of one (config, seed) run, trained now or read from its results.
 
     Raises:
@@ -104,9 +106,7 @@ def run_one(config_file: str, seed: int, output_dir: str, opts: list[str]) -> di
     results_file = os.path.join(output_dir, "results.json")
     if os.path.isfile(results_file):
         return read_results(results_file)
-    cfg = distill.get_distill_cfg()
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(opts)
+    cfg = load_config(config_file, opts, imports)
     cfg.SEED, cfg.OUTPUT_DIR = seed, output_dir
     cfg.freeze()
     os.makedirs(output_dir, exist_ok=True)
@@ -168,6 +168,7 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", required=True)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--output-dir", default="output/compare")
+    add_import_argument(parser)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args()
     records: dict[str, dict[int, dict]] = {}
@@ -177,7 +178,8 @@ def main() -> None:
         for seed in args.seeds:
             out = os.path.join(args.output_dir, stem, f"seed{seed}")
             try:
-                records.setdefault(stem, {})[seed] = run_one(config_file, seed, out, args.opts)
+                record = run_one(config_file, seed, out, args.opts, args.imports)
+                records.setdefault(stem, {})[seed] = record
             except (RunFailed, DivergenceError) as e:
                 failed.append(f"{stem} seed {seed}")
                 print(f"FAILED: {stem} seed {seed} ({out}, log kept): {e}", flush=True)

@@ -18,11 +18,11 @@ import time
 
 from tabulate import tabulate
 
-import distill
 from distill.data import annotated_input, ensure_embedded_dataset
 from distill.engine import train_and_evaluate
 from distill.errors import run_cli
 from distill.launch import setup_run_logging
+from distill.user_code import add_import_argument, load_config
 
 DEFAULT_CONFIG = "projects/LGD/configs/embedded/retinanet_R18_lgd.yaml"
 
@@ -45,16 +45,14 @@ def save_lgd_heatmaps(cfg, level: str = "p3") -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config-file", default=DEFAULT_CONFIG)
+    add_import_argument(parser)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args()
 
     start = time.perf_counter()
     paths = ensure_embedded_dataset()
     print(f"embedded data: {paths['dataset_dir']}")
-    cfg = distill.get_distill_cfg()
-    cfg.merge_from_file(args.config_file)
-    cfg.OUTPUT_DIR = "output/demo"
-    cfg.merge_from_list(args.opts)
+    cfg = load_config(args.config_file, ["OUTPUT_DIR", "output/demo", *args.opts], args.imports)
     cfg.freeze()
     setup_run_logging(cfg.OUTPUT_DIR)
     results = train_and_evaluate(cfg)

@@ -19,9 +19,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-import distill
 from distill.errors import run_cli
 from distill.export import extract_student
+from distill.user_code import add_import_argument, load_config
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -32,15 +32,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--no-verify", action="store_true", help="do not check the weights against the detector"
     )
+    add_import_argument(parser)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     return parser.parse_args(argv)
 
 
 def setup(args: argparse.Namespace):
     """Config as in tools/train_net.py: defaults + registered keys, the file, the overrides."""
-    cfg = distill.get_distill_cfg()
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = load_config(args.config_file, args.opts, args.imports)
     cfg.freeze()
     return cfg
 

@@ -6,10 +6,14 @@
     python tools/train_net.py --config-file CFG --num-gpus 8                 # one machine, 8 GPUs
     torchrun --nproc_per_node 2 tools/train_net.py --config-file CFG         # CPU processes (gloo)
 
-Trailing ``KEY VALUE`` pairs override the config. ``--eval-only`` evaluates the student alone
-(the plain detector; distiller weights in the checkpoint are ignored, no teacher is built); its
-weights must fit that detector exactly. A new run refuses an ``OUTPUT_DIR`` that holds
-checkpoints unless ``--resume`` (continue them) or ``--overwrite`` (delete them) is given.
+    python tools/train_net.py --config-file CFG --import my_kd.py DISTILL.DISTILLERS "['MyKD']"
+
+Trailing ``KEY VALUE`` pairs override the config. ``--import MODULE_OR_FILE`` (repeatable, as
+``DISTILL.IMPORTS``) imports user code, e.g. a distiller, before the config is built; installed
+projects are found without it. ``--eval-only`` evaluates the student alone (the plain detector;
+distiller weights in the checkpoint are ignored, no teacher is built); its weights must fit that
+detector exactly. A new run refuses an ``OUTPUT_DIR`` that holds checkpoints unless ``--resume``
+(continue them) or ``--overwrite`` (delete them) is given.
 """
 
 from __future__ import annotations
@@ -19,12 +23,12 @@ import logging
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.evaluation import verify_results
 
-import distill
 from distill.checkpoint import RESUME_SOURCE, StudentCheckpointer
 from distill.engine import DistillTrainer, check_output_dir
 from distill.errors import ConfigValueError, run_cli
 from distill.export import plain_config
 from distill.launch import run, setup_run_logging
+from distill.user_code import add_import_argument, load_config
 
 logger = logging.getLogger("distill")
 
@@ -36,15 +40,15 @@ def parse_args(argv: list[str] | None = None):
         action="store_true",
         help="start a new run in an OUTPUT_DIR that holds checkpoints, deleting them",
     )
+    add_import_argument(parser)
     return parser.parse_args(argv)
 
 
 def setup(args):
-    """Config = detectron2 defaults + every registered key, the file, then the overrides.
-    A training run first checks that it would not overwrite another run's checkpoints."""
-    cfg = distill.get_distill_cfg()
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    """Config = detectron2 defaults + every registered key, the file, then the overrides
+    (:func:`distill.user_code.load_config`). A training run first checks that it would not
+    overwrite another run's checkpoints."""
+    cfg = load_config(args.config_file, args.opts, args.imports)
     cfg.freeze()
     if not args.eval_only:
         check_output_dir(cfg.OUTPUT_DIR, args.resume, args.overwrite)

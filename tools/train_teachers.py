@@ -28,7 +28,6 @@ import os
 import shutil
 from pathlib import Path
 
-import distill
 from distill.data import default_cache_root
 from distill.engine import DistillTrainer, check_output_dir
 from distill.errors import run_cli
@@ -36,6 +35,7 @@ from distill.launch import setup_run_logging
 from distill.teacher_card import TeacherCard, TeacherCardError, card_path, write_card
 from distill.teacher_card import read_card as read_teacher_card
 from distill.teacher_gate import card_teacher, load_for_gate
+from distill.user_code import add_import_argument, import_user_code, load_config
 
 FAMILIES = ("faster_rcnn", "retinanet", "fcos")
 SOURCE = "tools/train_teachers.py"
@@ -51,9 +51,7 @@ def installed_weights(root: Path, family: str) -> Path:
 
 
 def teacher_cfg(family: str, seed: int | None, output_dir: Path | None, opts: list[str]):
-    cfg = distill.get_distill_cfg()
-    cfg.merge_from_file(teacher_config_file(family))
-    cfg.merge_from_list(opts)
+    cfg = load_config(teacher_config_file(family), opts)
     if seed is not None:
         cfg.SEED = seed
     if output_dir is not None:
@@ -159,12 +157,15 @@ def main() -> None:
         "--output-root", type=Path, default=None, help="default: $DISTILL_CACHE/teachers"
     )
     parser.add_argument("--force", action="store_true", help="retrain installed teachers")
+    add_import_argument(parser)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args()
     families = args.families.split(",")
     unknown = sorted(set(families) - set(FAMILIES))
     if unknown:
         raise SystemExit(f"error: --families: unknown {unknown}; choose from {FAMILIES}")
+    for spec in args.imports:  # before the teacher configs are built
+        import_user_code(spec)
     root = args.output_root or default_cache_root() / "teachers"
     refused = []
     for family in families:  # a refused teacher does not keep the others from training

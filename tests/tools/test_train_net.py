@@ -1,8 +1,11 @@
-"""tools/train_net.py end to end: a 2-process CPU run under torchrun, --eval-only, and the
-refusals that keep runs safe (bad weights, overwriting a run, resuming another model)."""
+"""tools/train_net.py end to end: a 2-process CPU run under torchrun, --eval-only, a distiller
+from a user's file (--import), and the refusals that keep runs safe (bad weights, overwriting a
+run, resuming another model, names that nothing registered)."""
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import re
 import subprocess
@@ -10,7 +13,7 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO, TINY_OPTS, tiny_cfg
+from conftest import REPO, TINY_OPTS, tiny_cfg, write_user_distiller
 
 from distill.checkpoint import WeightsMismatchError
 from distill.engine import DistillTrainer, check_output_dir
@@ -148,3 +151,37 @@ def test_resume_into_another_architecture_names_the_mismatch(tmp_path):
     expected = r"^--resume .*model_0000004.pth' does not fit this config's DistillGeneralizedRCNN"
     with pytest.raises(WeightsMismatchError, match=expected):
         trainer.resume_or_load(resume=True)
+
+
+@pytest.mark.parametrize(
+    "yaml, opts, name",
+    [
+        ("NOT_A_NODE:\n  X: 1\n", [], "unknown config key NOT_A_NODE"),
+        ("", ["DISTILL.DISTILLERS", "['NoSuchKD']"], "unknown distiller 'NoSuchKD'"),
+        ("", ["MODEL.META_ARCHITECTURE", "NoSuchArch"], "unknown meta-architecture 'NoSuchArch'"),
+    ],
+)
+def test_a_name_nothing_registered_is_one_line(tmp_path, yaml, opts, name):
+    config = tmp_path / "user.yaml"
+    config.write_text(f'_BASE_: "{REPO / "configs/embedded/faster_rcnn_R18_small.yaml"}"\n{yaml}')
+    last = run_failing(["--config-file", str(config), *OPTS, *opts], tmp_path).splitlines()[-1]
+    assert last.startswith("error: ") and name in last, last
+    assert "--import MODULE_OR_FILE" in last and "DISTILL.IMPORTS" in last
+
+
+@pytest.mark.timeout(600)
+def test_a_distiller_in_a_file_outside_the_repository_trains_through_import(tmp_path):
+    kd = write_user_distiller(tmp_path / "elsewhere" / "norm_kd.py")
+    out = tmp_path / "out"
+    cmd = [
+        sys.executable, TRAIN_NET, "--import", str(kd),
+        "--config-file", str(REPO / "configs/embedded/faster_rcnn_R18_small.yaml"),
+        *OPTS, "SOLVER.MAX_ITER", "2", "DATASETS.TEST", "()", "OUTPUT_DIR", str(out),
+        "DISTILL.DISTILLERS", "['UserNormKD']", "USER_NORM_KD.LEVEL", "p4",
+    ]  # fmt: skip
+    run(cmd, tmp_path)
+    with open(out / "metrics.json") as f:
+        metrics = [json.loads(line) for line in f if line.strip()]
+    assert metrics[-1]["iteration"] == 1 and math.isfinite(metrics[-1]["loss_user_norm_kd_l2"])
+    assert "UserNormKD reads p4" in (out / "log.txt").read_text()  # the user's logger is set up
+    assert f"- {kd}" in (out / "config.yaml").read_text()  # DISTILL.IMPORTS: the run reloads

@@ -19,6 +19,7 @@ from dsig.visualize import edge_matrices, save_edge_matrices
 from distill.data import annotated_input
 from distill.errors import run_cli
 from distill.export import load_distill_run
+from distill.user_code import add_import_argument
 
 
 def main() -> None:
@@ -28,9 +29,10 @@ def main() -> None:
     parser.add_argument("--dataset", default="", help="default: the config's first test set")
     parser.add_argument("--index", type=int, default=0, help="annotated image index")
     parser.add_argument("--output", default="dsig_edges.png")
+    add_import_argument(parser)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args()
-    cfg, model = load_distill_run(args.config_file, args.weights, args.opts, "Dsig")
+    cfg, model = load_distill_run(args.config_file, args.weights, args.opts, "Dsig", args.imports)
     dataset = args.dataset or cfg.DATASETS.TEST[0]
     matrices = edge_matrices(model, annotated_input(cfg, dataset, args.index))
     names = MetadataCatalog.get(dataset).get("thing_classes")

@@ -18,6 +18,7 @@ from lgd.visualize import lgd_heatmaps, save_heatmaps
 from distill.data import annotated_input
 from distill.errors import run_cli
 from distill.export import load_distill_run
+from distill.user_code import add_import_argument
 
 
 def main() -> None:
@@ -28,9 +29,10 @@ def main() -> None:
     parser.add_argument("--index", type=int, default=0, help="annotated image index")
     parser.add_argument("--level", default="p3")
     parser.add_argument("--output", default="lgd_heatmaps.png")
+    add_import_argument(parser)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args()
-    cfg, model = load_distill_run(args.config_file, args.weights, args.opts, "LGD")
+    cfg, model = load_distill_run(args.config_file, args.weights, args.opts, "LGD", args.imports)
     dataset = args.dataset or cfg.DATASETS.TEST[0]
     maps = lgd_heatmaps(model, annotated_input(cfg, dataset, args.index), args.level)
     save_heatmaps(maps, args.output, args.level)

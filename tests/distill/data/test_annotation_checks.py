@@ -197,6 +197,7 @@ def test_embedded_dataset_loads_unchanged(tmp_path):
 
 def test_a_runs_coco_datasets_are_wrapped_with_the_configured_mode(tmp_path):
     _write(tmp_path, _three_bad(), "test_checks_run_train")
+    distill.load_projects()  # the scene-graph project registers vgsynth_*
     cfg = distill.get_distill_cfg()
     assert cfg.DATASETS.INVALID_ANNOTATIONS == "error"
     cfg.DATASETS.TRAIN = ("test_checks_run_train",)

@@ -24,6 +24,7 @@ def test_registered_datasets_pass_without_loading(monkeypatch):
         raise AssertionError(f"{name} was loaded")
 
     monkeypatch.setattr(DatasetCatalog, "get", no_loading)
+    distill.load_projects()  # the scene-graph project registers vgsynth_*
     check_datasets(_cfg(test=("embedded_coco_val", "vgsynth_test")))  # generated on first load
 
 

@@ -68,12 +68,9 @@ HEAD_NODE = {"GeneralizedRCNN": "ROI_HEADS", "RetinaNet": "RETINANET", "FCOS": "
 
 
 def load(path, *opts):
-    import distill
+    from distill.user_code import load_config
 
-    cfg = distill.get_distill_cfg()
-    cfg.merge_from_file(str(path))
-    cfg.merge_from_list(list(opts))
-    return cfg
+    return load_config(str(path), opts)
 
 
 def family(name: str) -> str:

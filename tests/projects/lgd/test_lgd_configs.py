@@ -39,12 +39,9 @@ def family(name: str) -> str:
 
 
 def load(name: str, *opts):
-    import distill
+    from distill.user_code import load_config
 
-    cfg = distill.get_distill_cfg()
-    cfg.merge_from_file(str(CONFIG_DIR / name))
-    cfg.merge_from_list(list(opts))
-    return cfg
+    return load_config(str(CONFIG_DIR / name), opts)
 
 
 def test_one_config_per_official_experiment():
