@@ -16,7 +16,7 @@ from distill.checkpoint import (
     student_state_dict,
 )
 from distill.errors import ConfigValueError
-from distill.modeling import PLAIN_META_ARCHITECTURES
+from distill.student import plain_architecture
 
 logger = logging.getLogger(__name__)
 
@@ -27,8 +27,7 @@ def plain_config(cfg: CfgNode) -> CfgNode:
     """A copy of ``cfg`` building the plain detector of its student (no distillers, no teacher)."""
     plain = cfg.clone()
     plain.defrost()
-    arch = plain.MODEL.META_ARCHITECTURE
-    plain.MODEL.META_ARCHITECTURE = PLAIN_META_ARCHITECTURES.get(arch, arch)
+    plain.MODEL.META_ARCHITECTURE = plain_architecture(plain.MODEL.META_ARCHITECTURE)
     plain.DISTILL.DISTILLERS = []
     plain.DISTILL.TEACHER.CONFIG_FILE = ""
     plain.DISTILL.TEACHER.WEIGHTS = ""

@@ -65,9 +65,13 @@ def distillers_reading_teacher(cfg: CfgNode) -> list[str]:
     an empty list means the Distill model builds no teacher (e.g. LGD's implicit one)."""
     from distill.distiller import TEACHER_ITEMS
     from distill.registry import get_distiller_class
+    from distill.student import describe_student
 
     names = cfg.DISTILL.DISTILLERS
-    return [n for n in names if get_distiller_class(n).needs & TEACHER_ITEMS]
+    if not names:
+        return []
+    student = describe_student(cfg)
+    return [n for n in names if get_distiller_class(n).needs_for(cfg, student) & TEACHER_ITEMS]
 
 
 def no_teacher_reason(cfg: CfgNode) -> str | None:

@@ -10,7 +10,8 @@ DISTILLER_REGISTRY = Registry("DISTILLER")
 DISTILLER_REGISTRY.__doc__ = """
 Registry of distillers (subclasses of :class:`distill.distiller.Distiller`).
 
-A registered class is built with ``cls(cfg, student_shapes, teacher_shapes)`` through its
+A registered class is built with ``cls(cfg, student, teacher_shapes, needs=...)`` (``student``: a
+:class:`distill.student.StudentSpec`) through its
 ``@configurable`` ``from_config`` and selected by name in ``DISTILL.DISTILLERS``.
 """
 

@@ -1,7 +1,8 @@
 """The optimizer of a distillation run: the student's SGD plus each distiller's own solver.
 
 The student's parameters use detectron2's SGD (``SOLVER.*``). Each distiller's parameters form
-their own groups with its ``BASE_LR`` / ``WEIGHT_DECAY`` / ``OPTIMIZER``, except the children it
+their own groups with its ``LR_FACTOR`` / ``WEIGHT_DECAY_FACTOR`` (times the student's
+``SOLVER.BASE_LR`` / ``SOLVER.WEIGHT_DECAY``) and ``OPTIMIZER``, except the children it
 lists in ``student_solver_children``. When every group uses SGD the result is one
 ``torch.optim.SGD``; otherwise a :class:`CompositeOptimizer` steps one optimizer per type and is
 seen by the LR scheduler, gradient clipping and checkpoints as a single optimizer.
@@ -155,8 +156,8 @@ def build_distill_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
         )
     }
     for distiller, modules in own_solver.items():
-        lr = distiller.base_lr if distiller.base_lr >= 0 else cfg.SOLVER.BASE_LR
-        wd = distiller.weight_decay if distiller.weight_decay >= 0 else cfg.SOLVER.WEIGHT_DECAY
+        lr = cfg.SOLVER.BASE_LR * distiller.lr_factor
+        wd = cfg.SOLVER.WEIGHT_DECAY * distiller.weight_decay_factor
         own_params = get_default_optimizer_params(modules, base_lr=lr, weight_decay=wd, **defaults)
         direct = [p for p in distiller.parameters(recurse=False) if p.requires_grad]
         if direct:

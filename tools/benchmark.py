@@ -46,9 +46,8 @@ from detectron2.structures import Boxes, Instances
 from distill.benchmark import run_benchmark
 from distill.compiled_ops import check_device
 from distill.errors import run_cli
-from distill.export import plain_config
-from distill.modeling import HEAD_CONFIG_NODES
 from distill.random_teacher import no_teacher_reason, with_random_teacher
+from distill.student import describe_student
 from distill.user_code import add_import_argument, load_config
 
 PHASES = {
@@ -116,9 +115,7 @@ def load_batch(
                 raise
             info["fallback_reason"] = f"{type(e).__name__}: {e}"
     if batch is None:
-        arch = plain_config(cfg).MODEL.META_ARCHITECTURE
-        num_classes = cfg.MODEL[HEAD_CONFIG_NODES.get(arch, "ROI_HEADS")].NUM_CLASSES
-        batch = synthetic_batch(batch_size, size, num_classes, seed)
+        batch = synthetic_batch(batch_size, size, describe_student(cfg).num_classes, seed)
     info["image_shapes"] = [list(x["image"].shape) for x in batch]
     return batch, info
 

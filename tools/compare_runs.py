@@ -32,11 +32,10 @@ import statistics
 import time
 
 from distill.checkpoint import expand_path
-from distill.distiller import TEACHER_ITEMS
 from distill.engine import train_and_evaluate
 from distill.errors import DivergenceError, run_cli
 from distill.launch import setup_run_logging
-from distill.registry import get_distiller_class
+from distill.random_teacher import distillers_reading_teacher
 from distill.teacher_card import TeacherCardError, read_card
 from distill.user_code import add_import_argument, load_config
 
@@ -61,8 +60,7 @@ def check_bbox(bbox: dict | None) -> None:
 def teacher_ap(cfg) -> float | None:
     """The card AP of the teacher ``cfg`` distills from; None without a used teacher or card."""
     weights = cfg.DISTILL.TEACHER.WEIGHTS
-    used = any(get_distiller_class(n).needs & TEACHER_ITEMS for n in cfg.DISTILL.DISTILLERS)
-    if not weights or not used:
+    if not weights or not distillers_reading_teacher(cfg):
         return None
     try:
         ap = read_card(expand_path(weights)).ap

@@ -15,7 +15,7 @@ from torch import nn
 from distill.context import DistillContext
 from distill.distiller import Distiller
 from distill.errors import ConfigKeyError, ConfigValueError
-from distill.modules import build_adapter, masked_mse
+from distill.modules import build_adapter, gt_box_mask, masked_mse
 from distill.registry import DISTILLER_REGISTRY
 
 
@@ -30,6 +30,7 @@ class FeatureKD(Distiller):
     """
 
     config_node = "FEATURE_KD"
+    terms = {"mse": 1.0}
     needs = frozenset({"student_features", "teacher_features", "gt_instances"})
 
     @configurable
@@ -51,8 +52,9 @@ class FeatureKD(Distiller):
         node.GT_MASK = False  # only pixels inside ground-truth boxes count
 
     @classmethod
-    def from_config(cls, cfg, student_shapes, teacher_shapes):
+    def from_config(cls, cfg, student, teacher_shapes):
         node = cfg[cls.config_node]
+        student_shapes = student.feature_shapes
         levels = list(node.IN_FEATURES)
         for level in levels:
             for side, shapes in (("student", student_shapes), ("teacher", teacher_shapes)):
@@ -70,7 +72,7 @@ class FeatureKD(Distiller):
             for level in levels
         }
         return {
-            **super().from_config(cfg, student_shapes, teacher_shapes),
+            **super().from_config(cfg, student, teacher_shapes),
             "in_features": levels,
             "adapters": adapters,
             "gt_mask": node.GT_MASK,
@@ -83,22 +85,8 @@ class FeatureKD(Distiller):
             student = self.adapters[level](context.student_features[level])
             mask = None
             if self.gt_mask:
-                stride = context.images.tensor.shape[-1] / student.shape[-1]
-                mask = boxes_mask(context, student.shape, stride)
+                boxes = [gt.gt_boxes.tensor for gt in context.gt_instances]
+                image_size = tuple(context.images.tensor.shape[-2:])
+                mask = gt_box_mask(boxes, image_size, tuple(student.shape[-2:]))
             losses.append(masked_mse(student, teacher[level], mask))
         return {"loss_feature_kd_mse": torch.stack(losses).mean()}
-
-
-def boxes_mask(context: DistillContext, shape: torch.Size, stride: float) -> torch.Tensor:
-    """(N, 1, H, W) mask, 1 at feature cells whose centre lies in a ground-truth box."""
-    n, _, h, w = shape
-    device = context.images.tensor.device
-    ys = (torch.arange(h, device=device) + 0.5) * stride
-    xs = (torch.arange(w, device=device) + 0.5) * stride
-    mask = torch.zeros(n, 1, h, w, device=device)
-    for i, gt in enumerate(context.gt_instances):
-        boxes = gt.gt_boxes.tensor  # (M, 4)
-        inside_x = (xs[None] >= boxes[:, :1]) & (xs[None] <= boxes[:, 2:3])  # (M, W)
-        inside_y = (ys[None] >= boxes[:, 1:2]) & (ys[None] <= boxes[:, 3:4])  # (M, H)
-        mask[i, 0] = (inside_y[:, :, None] & inside_x[:, None, :]).any(dim=0).float()
-    return mask

@@ -2,8 +2,6 @@
 
 from distill.modeling.fcos import FCOS, build_fcos_resnet_fpn_backbone
 from distill.modeling.meta_arch import (
-    HEAD_CONFIG_NODES,
-    PLAIN_META_ARCHITECTURES,
     DistillFCOS,
     DistillGeneralizedRCNN,
     DistillRetinaNet,
@@ -11,8 +9,6 @@ from distill.modeling.meta_arch import (
 
 __all__ = [
     "FCOS",
-    "HEAD_CONFIG_NODES",
-    "PLAIN_META_ARCHITECTURES",
     "DistillFCOS",
     "DistillGeneralizedRCNN",
     "DistillRetinaNet",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable
 
 import torch
 from detectron2.config import configurable
@@ -21,8 +20,9 @@ from distill.compiled_ops import check_compiled_ops
 from distill.context import DistillContext
 from distill.distiller import TEACHER_ITEMS, Distiller
 from distill.errors import ConfigValueError
-from distill.hooks import FeatureRecorder, tap_method
+from distill.hooks import FeatureRecorder, Record, tap_method
 from distill.registry import get_distiller_class
+from distill.student import StudentSpec, describe_student
 from distill.teacher import Teacher, build_teacher
 
 logger = logging.getLogger(__name__)
@@ -30,46 +30,73 @@ logger = logging.getLogger(__name__)
 BACKBONE = "backbone"
 
 
-def distill_from_config(cfg) -> dict:
-    """The ``distillers`` factory and ``teacher`` kwargs of a Distill meta-architecture."""
+def build_distillation(cfg, student: StudentSpec) -> dict:
+    """The ``distillers`` and ``teacher`` kwargs of a Distill meta-architecture.
+
+    Each distiller's ``needs`` is decided here, once, by its :meth:`Distiller.needs_for`; the
+    teacher is built only when one of them needs it.
+    """
     names = list(cfg.DISTILL.DISTILLERS)
     if len(set(names)) != len(names):
         raise ConfigValueError(f"DISTILL.DISTILLERS lists a distiller twice: {names}")
     classes = {name: get_distiller_class(name) for name in names}
+    needs = {name: cls.needs_for(cfg, student) for name, cls in classes.items()}
+    for name, items in needs.items():
+        check_available(name, items, student)
     teacher = None
-    if any(cls.needs & TEACHER_ITEMS for cls in classes.values()):
+    if any(items & TEACHER_ITEMS for items in needs.values()):
         teacher = build_teacher(cfg, cfg.INPUT.FORMAT)
     elif cfg.DISTILL.TEACHER.CONFIG_FILE:
         logger.info("DISTILL.TEACHER is set but no configured distiller needs it: not built")
     teacher_shapes = teacher.model.backbone.output_shape() if teacher else None
+    distillers = {
+        name: cls(cfg, student, teacher_shapes, needs=needs[name]) for name, cls in classes.items()
+    }
+    return {"distillers": distillers, "teacher": teacher}
 
-    def build_distillers(student_shapes) -> dict[str, Distiller]:
-        return {n: c(cfg, student_shapes, teacher_shapes) for n, c in classes.items()}
 
-    return {"distillers": build_distillers, "teacher": teacher}
+def check_available(name: str, needs: frozenset[str], student: StudentSpec) -> None:
+    """Refuse items that this kind of student does not produce."""
+    if "sampled_proposals" in needs and not student.has_roi_heads:
+        raise ConfigValueError(
+            f"{name} needs 'sampled_proposals', which only R-CNN students have; "
+            f"{student.architecture} is a {student.kind} student"
+        )
+    if "dense_targets" in needs and not student.is_dense:
+        raise ConfigValueError(
+            f"{name} needs 'dense_targets', which only one-stage students (RetinaNet, FCOS) "
+            f"have; {student.architecture} is a {student.kind} student"
+        )
 
 
 class DistillMixin:
     """Adds distillers (and a frozen teacher) to a detectron2 meta-architecture's training.
 
+    A subclass describes its student with ``student_kind`` (:data:`distill.student.STUDENT_KINDS`),
+    ``head_config_node`` (the ``MODEL.*`` node with the head's NUM_CLASSES and IN_FEATURES) and
+    ``plain_architecture`` (the detector that loads the extracted student).
+
     Args:
-        distillers: name -> Distiller, or a factory called with the student backbone's output
-            shapes (what ``from_config`` passes).
+        distillers: name -> Distiller (``from_config`` builds them from the config and the
+            student backbone that detectron2's ``from_config`` returns).
         teacher: the frozen teacher, or None when no distiller needs one.
         **kwargs: the arguments of the plain detector.
     """
+
+    # Subclasses describe the student (see distill.student.StudentSpec).
+    student_kind: str = ""
+    head_config_node: str = ""
+    plain_architecture: str = ""
 
     @configurable
     def __init__(
         self,
         *,
-        distillers: dict[str, Distiller] | Callable[..., dict[str, Distiller]] | None = None,
+        distillers: dict[str, Distiller] | None = None,
         teacher: Teacher | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if callable(distillers):
-            distillers = distillers(self.backbone.output_shape())
         self.distillers = nn.ModuleDict(distillers or {})
         object.__setattr__(self, "_teacher", teacher)  # not a submodule, on purpose
         wanted = [d for d in self.distillers.values() if d.needs_teacher]
@@ -78,16 +105,6 @@ class DistillMixin:
                 f"{[type(d).__name__ for d in wanted]} need a teacher; none given"
             )
         needs = set().union(*(d.needs for d in self.distillers.values()))
-        if "sampled_proposals" in needs and not hasattr(self, "roi_heads"):
-            raise ConfigValueError(
-                f"{type(self).__name__} has no RoI heads: 'sampled_proposals' are only available "
-                "with DistillGeneralizedRCNN"
-            )
-        if "dense_targets" in needs and not hasattr(self, "label_anchors"):
-            raise ConfigValueError(
-                f"{type(self).__name__} has no anchor targets: 'dense_targets' are only "
-                "available with DistillRetinaNet and DistillFCOS"
-            )
         self._tap_proposals = "sampled_proposals" in needs
         self._tap_dense_targets = "dense_targets" in needs
         student_paths = [BACKBONE] + [
@@ -97,7 +114,8 @@ class DistillMixin:
         teacher_paths = [p for d in self.distillers.values() for p in d.teacher_modules]
         self._teacher_recorder = None
         if teacher_paths:
-            outside = [p for p in teacher_paths if not p.startswith(BACKBONE + ".")]
+            paths = [Record.parse(p).path for p in teacher_paths]
+            outside = [p for p in paths if not p.startswith(BACKBONE + ".")]
             if outside:
                 raise ConfigValueError(
                     f"teacher module paths {outside} are outside the teacher backbone; the core "
@@ -108,7 +126,9 @@ class DistillMixin:
     @classmethod
     def from_config(cls, cfg):
         check_compiled_ops(cfg, "the student")  # before anything is built
-        return {**super().from_config(cfg), **distill_from_config(cfg)}
+        ret = super().from_config(cfg)
+        student = describe_student(cfg, ret["backbone"].output_shape())
+        return {**ret, **build_distillation(cfg, student)}
 
     @property
     def teacher(self) -> Teacher | None:
@@ -160,11 +180,8 @@ class DistillMixin:
         # Distillation losses are computed in fp32 even when the student runs under autocast.
         with torch.autocast(self.device.type, enabled=False):
             for name, distiller in active.items():
-                for key, value in distiller(context).items():
-                    if not key.startswith(distiller.loss_prefix) or key in losses:
-                        raise KeyError(
-                            f"distiller {name!r} returned loss {key!r}: names must start with "
-                            f"{distiller.loss_prefix!r} and not repeat another loss"
-                        )
-                    losses[key] = value * distiller.loss_weight
+                for key, value in distiller.weighted_losses(context).items():
+                    if key in losses:
+                        raise KeyError(f"distiller {name!r} returned loss {key!r} twice")
+                    losses[key] = value
         return losses

@@ -1,7 +1,8 @@
 """Distillation-enabled detectron2 meta-architectures, registered in ``META_ARCH_REGISTRY``.
 
-Each is a subclass of the plain detector with the same parameter names, plus ``distillers.*``.
-``PLAIN_META_ARCHITECTURES`` maps each to the detector that loads its extracted student.
+Each is a subclass of the plain detector with the same parameter names, plus ``distillers.*``,
+and describes its student (kind, head config node, the plain detector that loads its extracted
+student) for :class:`distill.student.StudentSpec`.
 """
 
 from __future__ import annotations
@@ -16,30 +17,24 @@ from distill.modeling.fcos import FCOS
 class DistillGeneralizedRCNN(DistillMixin, GeneralizedRCNN):
     """Faster/Mask R-CNN student with distillers; eval is exactly ``GeneralizedRCNN``."""
 
+    student_kind = "two_stage"
+    head_config_node = "ROI_HEADS"
+    plain_architecture = "GeneralizedRCNN"
+
 
 @META_ARCH_REGISTRY.register()
 class DistillRetinaNet(DistillMixin, RetinaNet):
     """RetinaNet student with distillers; eval is exactly ``RetinaNet``."""
+
+    student_kind = "dense"
+    head_config_node = "RETINANET"
+    plain_architecture = "RetinaNet"
 
 
 @META_ARCH_REGISTRY.register()
 class DistillFCOS(DistillMixin, FCOS):
     """FCOS student with distillers; eval is exactly :class:`distill.modeling.fcos.FCOS`."""
 
-
-PLAIN_META_ARCHITECTURES = {
-    "DistillGeneralizedRCNN": "GeneralizedRCNN",
-    "DistillRetinaNet": "RetinaNet",
-    "DistillFCOS": "FCOS",
-}
-
-# The config node holding each supported detector's head settings (NUM_CLASSES, IN_FEATURES),
-# for the Distill students and the plain detectors they load into.
-HEAD_CONFIG_NODES = {
-    "DistillGeneralizedRCNN": "ROI_HEADS",
-    "DistillRetinaNet": "RETINANET",
-    "DistillFCOS": "FCOS",
-    "GeneralizedRCNN": "ROI_HEADS",
-    "RetinaNet": "RETINANET",
-    "FCOS": "FCOS",
-}
+    student_kind = "dense"
+    head_config_node = "FCOS"
+    plain_architecture = "FCOS"

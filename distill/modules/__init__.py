@@ -15,6 +15,7 @@ from distill.modules.losses import kl_div_with_temperature, masked_mse
 from distill.modules.object_sets import (
     ObjectGroups,
     box_cell_masks,
+    gt_box_mask,
     paint_in_masks,
     pool_in_masks,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "adaptive_background_weight",
     "background_cross_entropy",
     "box_cell_masks",
+    "gt_box_mask",
     "build_adapter",
     "cosine_edge_matrix",
     "edge_loss",

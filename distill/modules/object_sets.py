@@ -93,6 +93,24 @@ def box_cell_masks(
     return inside_y[:, :, None] & inside_x[:, None, :] & nonempty[:, None, None]
 
 
+def gt_box_mask(
+    gt_boxes: list[torch.Tensor], image_size: tuple[int, int], grid_size: tuple[int, int]
+) -> torch.Tensor:
+    """Per image, the feature cells inside any of its ground-truth boxes (the cell convention
+    of :func:`box_cell_masks`).
+
+    Args:
+        gt_boxes: per image, (T_i, 4) XYXY boxes in input pixels.
+        image_size: (H, W) of the padded input batch.
+        grid_size: (H_l, W_l) of the feature map.
+
+    Returns:
+        (N, 1, H_l, W_l) float mask, 1 inside a box.
+    """
+    masks = [box_cell_masks(boxes, image_size, grid_size).any(dim=0) for boxes in gt_boxes]
+    return torch.stack(masks)[:, None].float()
+
+
 def pool_in_masks(
     features: torch.Tensor, masks: torch.Tensor, groups: ObjectGroups
 ) -> torch.Tensor:

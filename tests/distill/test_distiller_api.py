@@ -17,6 +17,7 @@ class ToyKD(Distiller):
     """Pulls the mean of the student's P3 map towards a learnable scalar (no teacher)."""
 
     config_node = "TOY_KD"
+    terms = {"mean": 1.0}
     needs = frozenset({"student_features"})
 
     @configurable
@@ -28,15 +29,17 @@ class ToyKD(Distiller):
     @classmethod
     def add_config(cls, cfg):
         super().add_config(cfg)
-        cfg.TOY_KD.TARGET = 0.5  # the starting target value
+        cfg[cls.config_node].TARGET = 0.5  # the starting target value
 
     @classmethod
-    def from_config(cls, cfg, student_shapes, teacher_shapes):
-        ret = super().from_config(cfg, student_shapes, teacher_shapes)
-        return {**ret, "target": cfg.TOY_KD.TARGET}
+    def from_config(cls, cfg, student, teacher_shapes):
+        ret = super().from_config(cfg, student, teacher_shapes)
+        return {**ret, "target": cfg[cls.config_node].TARGET}
 
     def forward(self, context):
         self.seen.append(context.iteration)
+        if not self.computes("mean"):
+            return {}
         p3 = context.student_features["p3"]
         return {"loss_toy_kd_mean": (p3.mean() - self.target) ** 2}
 
@@ -54,8 +57,13 @@ def toy_cfg(*opts):
 
 def test_new_distiller_is_one_class_and_one_config_line():
     cfg = toy_cfg()
-    assert cfg.TOY_KD.TARGET == 0.5 and cfg.TOY_KD.LOSS_WEIGHT == 1.0
+    assert cfg.TOY_KD.TARGET == 0.5 and cfg.TOY_KD.WEIGHTS.MEAN == 1.0
     model = build_model(cfg)
+    student = model.distillers["ToyKD"].student
+    assert (student.kind, student.head_node, student.plain_architecture) == (
+        "dense", "RETINANET", "RetinaNet"
+    )  # fmt: skip
+    assert student.feature_shapes["p3"].channels == model.backbone.output_shape()["p3"].channels
     losses = train_step(model, make_batch())
     assert torch.isfinite(losses["loss_toy_kd_mean"])
     assert model.distillers["ToyKD"].target.grad is not None
@@ -70,22 +78,76 @@ def test_schedule_and_loss_weight():
     torch.manual_seed(0)
     one = build_model(toy_cfg())
     torch.manual_seed(0)
-    three = build_model(toy_cfg("TOY_KD.LOSS_WEIGHT", 3.0))
+    three = build_model(toy_cfg("TOY_KD.WEIGHTS.MEAN", 3.0))
     batch = make_batch()
     a = train_step(one, batch)["loss_toy_kd_mean"]
     b = train_step(three, batch)["loss_toy_kd_mean"]
     assert b.item() == pytest.approx(3 * a.item(), rel=1e-5)
 
 
+def test_a_term_with_weight_zero_is_not_computed(monkeypatch):
+    model = build_model(toy_cfg("TOY_KD.WEIGHTS.MEAN", 0.0))
+    assert "loss_toy_kd_mean" not in train_step(model, make_batch())
+    monkeypatch.setattr(ToyKD, "forward", lambda self, ctx: {"loss_toy_kd_mean": torch.ones(())})
+    with pytest.raises(RuntimeError, match="'loss_toy_kd_mean', whose term has weight 0"):
+        train_step(model, make_batch())
+
+
+def test_weights_of_unknown_or_absent_terms_are_refused():
+    cfg = toy_cfg()
+    cfg.defrost()
+    cfg.TOY_KD.WEIGHTS.MEDIAN = 1.0
+    with pytest.raises(ValueError, match=r"TOY_KD.WEIGHTS: \['MEDIAN'\] are not terms"):
+        build_model(cfg)
+
+    class DenseOnlyTerm(ToyKD):
+        config_node = "DENSE_ONLY_KD"
+        terms = {"mean": 1.0, "anchors": 0.0}
+
+        @classmethod
+        def terms_for(cls, cfg, student):
+            return ("mean", "anchors") if student.is_dense else ("mean",)
+
+    DISTILLER_REGISTRY.register(DenseOnlyTerm)
+    try:
+        build_model(tiny_cfg("faster_rcnn", distillers=["DenseOnlyTerm"]))  # default: fine
+        with pytest.raises(
+            ValueError, match="DENSE_ONLY_KD.WEIGHTS.ANCHORS = 2: .* two_stage student"
+        ):
+            build_model(
+                tiny_cfg(
+                    "faster_rcnn",
+                    "DENSE_ONLY_KD.WEIGHTS.ANCHORS",
+                    2.0,
+                    distillers=["DenseOnlyTerm"],
+                )
+            )
+    finally:
+        DISTILLER_REGISTRY._obj_map.pop("DenseOnlyTerm")
+
+
+def test_needs_are_decided_once_from_the_student(monkeypatch):
+    calls = []
+
+    def needs_for(cls, cfg, student):
+        calls.append(student.kind)
+        return frozenset({"student_features", "images"})
+
+    monkeypatch.setattr(ToyKD, "needs_for", classmethod(needs_for))
+    model = build_model(toy_cfg())
+    assert calls == ["dense"]
+    assert model.distillers["ToyKD"].needs == {"student_features", "images"}
+
+
 def test_distiller_param_group_lr_and_weight_decay():
     from distill.engine import DistillTrainer
 
-    cfg = toy_cfg("TOY_KD.BASE_LR", 0.5, "TOY_KD.WEIGHT_DECAY", 0.0)
+    cfg = toy_cfg("TOY_KD.LR_FACTOR", 0.5, "TOY_KD.WEIGHT_DECAY_FACTOR", 0.0)
     model = build_model(cfg)
     optimizer = DistillTrainer.build_optimizer(cfg, model)
     target = model.distillers["ToyKD"].target
     group = next(g for g in optimizer.param_groups if any(p is target for p in g["params"]))
-    assert group["lr"] == 0.5 and group["weight_decay"] == 0.0
+    assert group["lr"] == 0.5 * cfg.SOLVER.BASE_LR and group["weight_decay"] == 0.0
     others = [g for g in optimizer.param_groups if g is not group]
     assert {g["lr"] for g in others} == {cfg.SOLVER.BASE_LR}
 

@@ -30,7 +30,7 @@ def test_all_sgd_is_one_torch_sgd():
 
 
 def test_composite_steps_schedules_and_checkpoints_every_child():
-    cfg, model, optimizer = built("LGD.OPTIMIZER", "AdamW", "LGD.BASE_LR", 1e-3)
+    cfg, model, optimizer = built("LGD.OPTIMIZER", "AdamW", "LGD.LR_FACTOR", 0.1)
     assert isinstance(optimizer, CompositeOptimizer)
     assert set(optimizer.optimizers) == {"SGD", "AdamW"}
     scheduler = build_lr_scheduler(cfg, optimizer)
@@ -43,10 +43,11 @@ def test_composite_steps_schedules_and_checkpoints_every_child():
             optimizer.step()
         scheduler.step()
     adamw = optimizer.optimizers["AdamW"]
-    assert all(g["lr"] == pytest.approx(1e-4) for g in adamw.param_groups)  # x0.1 after step 3
+    lr = 0.1 * cfg.SOLVER.BASE_LR * 0.1  # LR_FACTOR, then x0.1 after step 3
+    assert all(g["lr"] == pytest.approx(lr) for g in adamw.param_groups)
     state = optimizer.state_dict()
     assert set(state) == {"SGD", "AdamW"} and state["AdamW"]["state"]
-    _, _, fresh = built("LGD.OPTIMIZER", "AdamW", "LGD.BASE_LR", 1e-3)
+    _, _, fresh = built("LGD.OPTIMIZER", "AdamW", "LGD.LR_FACTOR", 0.1)
     fresh.load_state_dict(state)
     assert len(fresh.optimizers["AdamW"].state) == len(adamw.state)
     children = [g for opt in fresh.optimizers.values() for g in opt.param_groups]

@@ -1,10 +1,11 @@
-"""Graph nodes and regression targets of Dsig that do not depend on its configuration: the
-one-stage student's detections as node boxes, and the RoI box-regression KD."""
+"""What Dsig's two graphs share: their settings, the one-stage student's
+detections as node boxes, and the RoI box-regression KD."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 from detectron2.modeling.meta_arch.dense_detector import DenseDetector
@@ -23,6 +24,18 @@ NODE_DETECTION_SETTINGS = {
 }
 
 
+@dataclass(frozen=True)
+class GraphSettings:
+    """Dsig's options besides the term weights (``DSIG.*``, see ``Dsig.add_config``)."""
+
+    similarity: str = "instance"
+    mine_background: bool = True
+    mining_threshold: float = 0.6
+    adaptive_bg_weight: bool = True
+    bg_weight_alpha: float = 7.5
+    temperature: float = 1.0
+
+
 def roi_reg_kd(
     student: torch.Tensor, teacher: torch.Tensor, classes: torch.Tensor, fg: torch.Tensor
 ) -> torch.Tensor:
@@ -30,7 +43,7 @@ def roi_reg_kd(
     columns (or the 4 class-agnostic columns), summed and divided by the number of RoIs."""
     if student.shape != teacher.shape:
         raise ConfigValueError(
-            f"DSIG.ROI_REG_WEIGHT: student and teacher box deltas differ in shape "
+            f"DSIG.WEIGHTS.ROI_REG: student and teacher box deltas differ in shape "
             f"({tuple(student.shape)} vs {tuple(teacher.shape)}); both need the same class count "
             "and class-specific/agnostic regression"
         )

@@ -16,6 +16,7 @@ import torch  # noqa: E402
 from detectron2.structures import Boxes  # noqa: E402
 
 from distill.modules import cosine_edge_matrix  # noqa: E402
+from dsig.detection_graph import DetectionGraph  # noqa: E402
 
 
 @torch.no_grad()
@@ -39,10 +40,11 @@ def edge_matrices(model, batched_input: dict) -> dict[str, np.ndarray]:
         gt = batched_input["instances"].to(images.tensor.device)
         order = torch.argsort(gt.gt_classes, stable=True)
         boxes = [Boxes(gt.gt_boxes.tensor[order])]
-        if distiller.dense_student:
-            s_pool, t_pool = distiller.node_poolers
-            s_nodes = s_pool([s_feats[f] for f in distiller.levels], boxes)
-            t_nodes = t_pool([t_feats[f] for f in distiller.levels], boxes)
+        graph = distiller.graph
+        if isinstance(graph, DetectionGraph):
+            s_pool, t_pool = graph.poolers
+            s_nodes = s_pool([s_feats[f] for f in graph.levels], boxes)
+            t_nodes = t_pool([t_feats[f] for f in graph.levels], boxes)
         else:
             heads = model.roi_heads
             s_nodes = heads.box_pooler([s_feats[f] for f in heads.box_in_features], boxes)

@@ -6,9 +6,9 @@ Losses (names as logged):
 * ``loss_lgd_teacher_<term>``: the student's own detection losses (``<term>`` as the detector
   names them) computed by the student's head on the implicit teacher's maps, with the student's
   anchor targets for RetinaNet/FCOS and a full RPN + RoI pass for Faster R-CNN; weight
-  ``LGD.TEACHER_LOSS_WEIGHT``.
+  ``LGD.WEIGHTS.TEACHER``.
 * ``loss_lgd_distill``: MSE between IN(adapter(P_S^l)) and IN(stopgrad(F_T^l)) over all levels,
-  one mean over every element of every level; weight ``LGD.DISTILL_WEIGHT`` (lambda).
+  one mean over every element of every level; weight ``LGD.WEIGHTS.DISTILL`` (lambda).
 
 Outside ``[PRE_NONDISTILL_ITERS, MAX_ITER - POST_NONDISTILL_ITERS]`` the student maps are
 detached in the distillation loss, so only the adapter learns from it. Before
@@ -20,21 +20,17 @@ from __future__ import annotations
 import torch
 from detectron2.config import CfgNode as CN
 from detectron2.config import configurable
-from detectron2.modeling import META_ARCH_REGISTRY
-from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 from torch import nn
 
 from distill.context import DistillContext
 from distill.distiller import Distiller
 from distill.errors import ConfigValueError
-from distill.modeling import HEAD_CONFIG_NODES
 from distill.modeling.head_losses import head_losses_on
 from distill.modules import build_adapter
 from distill.registry import DISTILLER_REGISTRY
 from lgd.implicit_teacher import INTERACTIONS, ImplicitTeacher
 
 BOTTOM_UP = "backbone.bottom_up."
-STUDENTS = ("DistillGeneralizedRCNN", "DistillRetinaNet", "DistillFCOS")
 
 
 def instance_norm(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -54,15 +50,15 @@ class LGD(Distiller):
     Args:
         teacher: the implicit teacher.
         adapter: student FPN map -> map compared with the teacher's (shared across levels).
-        distill_weight: lambda, the factor on ``loss_lgd_distill``.
-        teacher_loss_weight: factor on the teacher's detection losses.
         distill_window: (first, last) iteration at which the student maps receive the
             distillation gradient (inclusive).
         freeze_backbone_iters: iterations during which the bottom-up backbone is not updated.
-        dense_student: the student is a RetinaNet/FCOS (its anchor targets are reused).
     """
 
     config_node = "LGD"
+    # distill: lambda, on loss_lgd_distill; teacher: on the implicit teacher's detection losses
+    terms = {"distill": 1.0, "teacher": 1.0}
+    student_kinds = ("two_stage", "dense")
     student_solver_children = ("adapter",)
 
     @configurable
@@ -71,22 +67,13 @@ class LGD(Distiller):
         *,
         teacher: ImplicitTeacher,
         adapter: nn.Module,
-        distill_weight: float = 1.0,
-        teacher_loss_weight: float = 1.0,
         distill_window: tuple[int, int] = (0, 2**62),
         freeze_backbone_iters: int = 0,
-        dense_student: bool = True,
         **kwargs,
     ):
-        self.needs = frozenset(
-            {"images", "student_features", "gt_instances"}
-            | ({"dense_targets"} if dense_student else set())
-        )
         super().__init__(**kwargs)
         self.teacher = teacher
         self.adapter = adapter
-        self.distill_weight = distill_weight
-        self.teacher_loss_weight = teacher_loss_weight
         self.distill_window = tuple(distill_window)
         self.freeze_backbone_iters = freeze_backbone_iters
 
@@ -94,10 +81,8 @@ class LGD(Distiller):
     def add_config(cls, cfg: CN) -> None:
         super().add_config(cfg)
         node = cfg[cls.config_node]
-        if "DISTILL_WEIGHT" in node:
+        if "INTERACTION" in node:
             return
-        node.DISTILL_WEIGHT = 1.0  # lambda: factor on the feature distillation loss
-        node.TEACHER_LOSS_WEIGHT = 1.0  # factor on the implicit teacher's detection losses
         # The student maps get the distillation gradient from PRE_NONDISTILL_ITERS to
         # SOLVER.MAX_ITER - POST_NONDISTILL_ITERS (inclusive); outside, only the adapter learns.
         node.PRE_NONDISTILL_ITERS = 30000
@@ -115,15 +100,15 @@ class LGD(Distiller):
         node.INTERACTION = "appearance_query"
 
     @classmethod
-    def from_config(cls, cfg, student_shapes, teacher_shapes):
+    def needs_for(cls, cfg, student):
+        dense = {"dense_targets"} if student.is_dense else set()
+        return frozenset({"images", "student_features", "gt_instances"} | dense)
+
+    @classmethod
+    def from_config(cls, cfg, student, teacher_shapes):
+        ret = super().from_config(cfg, student, teacher_shapes)
         node = cfg[cls.config_node]
-        arch = cfg.MODEL.META_ARCHITECTURE
-        if arch not in STUDENTS:
-            raise ConfigValueError(
-                f"LGD: MODEL.META_ARCHITECTURE {arch!r} is not supported; use one of "
-                f"{sorted(STUDENTS)}"
-            )
-        widths = {shape.channels for shape in student_shapes.values()}
+        widths = {shape.channels for shape in student.feature_shapes.values()}
         if len(widths) != 1:
             raise ConfigValueError(
                 f"LGD: the student's backbone levels have different widths {sorted(widths)}; the "
@@ -132,11 +117,10 @@ class LGD(Distiller):
         if node.INTERACTION not in INTERACTIONS:
             raise ConfigValueError(f"LGD.INTERACTION: {node.INTERACTION!r} not in {INTERACTIONS}")
         channels = widths.pop()
-        num_classes = cfg.MODEL[HEAD_CONFIG_NODES[arch]].NUM_CLASSES
         max_iter = cfg.SOLVER.MAX_ITER
         teacher = ImplicitTeacher(
             channels,
-            num_classes,
+            student.num_classes,
             num_heads=node.NUM_HEADS,
             context_box=node.CONTEXT_BOX,
             detach_appearance=node.DETACH_APPEARANCE,
@@ -146,14 +130,11 @@ class LGD(Distiller):
         if node.ADAPTER != "ConvStackAdapter":
             adapter_kwargs = {}
         return {
-            **super().from_config(cfg, student_shapes, teacher_shapes),
+            **ret,
             "teacher": teacher,
             "adapter": build_adapter(node.ADAPTER, channels, channels, **adapter_kwargs),
-            "distill_weight": node.DISTILL_WEIGHT,
-            "teacher_loss_weight": node.TEACHER_LOSS_WEIGHT,
             "distill_window": (node.PRE_NONDISTILL_ITERS, max_iter - node.POST_NONDISTILL_ITERS),
             "freeze_backbone_iters": node.PRE_FREEZE_STUDENT_BACKBONE_ITERS,
-            "dense_student": issubclass(META_ARCH_REGISTRY.get(arch), DenseDetector),
         }
 
     def distills_student(self, iteration: int) -> bool:
@@ -187,12 +168,16 @@ class LGD(Distiller):
 
     def forward(self, context: DistillContext) -> dict[str, torch.Tensor]:
         maps = self.teacher_maps(context)
-        head_losses = head_losses_on(context, maps, scope="lgd_teacher")
-        losses = {
-            f"loss_lgd_teacher_{key.removeprefix('loss_')}": value * self.teacher_loss_weight
-            for key, value in head_losses.items()
-        }
-        detach = not self.distills_student(context.iteration)
-        distill = self.distill_loss(context.student_features, maps, detach_student=detach)
-        losses["loss_lgd_distill"] = distill * self.distill_weight
+        losses = {}
+        if self.computes("teacher"):
+            head_losses = head_losses_on(context, maps, scope="lgd_teacher")
+            losses = {
+                f"loss_lgd_teacher_{key.removeprefix('loss_')}": value
+                for key, value in head_losses.items()
+            }
+        if self.computes("distill"):
+            detach = not self.distills_student(context.iteration)
+            losses["loss_lgd_distill"] = self.distill_loss(
+                context.student_features, maps, detach_student=detach
+            )
         return losses

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from distill.modules import ObjectGroups, box_cell_masks, paint_in_masks, pool_in_masks
+from distill.modules import (
+    ObjectGroups,
+    box_cell_masks,
+    gt_box_mask,
+    paint_in_masks,
+    pool_in_masks,
+)
 
 
 def test_groups_slots_pack_unpack_any_order():
@@ -41,6 +47,18 @@ def test_box_cell_masks_hand_built():
     expected[1:3, 1:4] = True
     assert torch.equal(masks[0], expected)
     assert not masks[1].any()  # zero width covers nothing
+
+
+def test_gt_box_mask_is_the_union_of_each_image_boxes():
+    boxes = [
+        torch.tensor([[8.0, 8.0, 24.0, 16.0], [40.0, 40.0, 56.0, 56.0]]),
+        torch.zeros(0, 4),  # an image without objects
+    ]
+    mask = gt_box_mask(boxes, (64, 64), (8, 8))
+    assert mask.shape == (2, 1, 8, 8) and mask.dtype == torch.float32
+    union = box_cell_masks(boxes[0], (64, 64), (8, 8)).any(dim=0).float()
+    assert torch.equal(mask[0, 0], union) and mask[0, 0, 1, 1] == 1 and mask[0, 0, 6, 6] == 1
+    assert mask[1].sum() == 0
 
 
 def test_whole_image_box_covers_every_cell_of_every_level():

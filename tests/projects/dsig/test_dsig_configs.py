@@ -14,8 +14,8 @@ ZOO = "weights/COCO-Detection/"
 # DSIG switches of the released configs (spec 1.9). One-stage students have no bg/mining keys: they
 # keep the defaults (BG 0.5, alpha 7.5, T 0.6), which their distiller does not read.
 KEYS = (
-    "FG_NODE_WEIGHT", "BG_NODE_WEIGHT", "BG_WEIGHT_ALPHA", "EDGE_WEIGHT", "MINING_THRESHOLD",
-    "ROI_CLS_WEIGHT", "ROI_REG_WEIGHT", "FEATURE_WEIGHT",
+    "WEIGHTS.FG_NODE", "WEIGHTS.BG_NODE", "BG_WEIGHT_ALPHA", "WEIGHTS.EDGE", "MINING_THRESHOLD",
+    "WEIGHTS.ROI_CLS", "WEIGHTS.ROI_REG", "WEIGHTS.FEATURE",
 )  # fmt: skip
 RCNN_R18_R50 = (0.5, 0.5, 7.5, 2.0, 0.6, 3.0, 1.0, 0.5)
 RCNN_R50_R101 = (0.5, 0.5, 7.5, 1.0, 0.6, 0.0, 0.0, 0.0)
@@ -77,11 +77,19 @@ def family(name: str) -> str:
     return name.split("_R")[0]
 
 
+def dsig_value(cfg, key: str):
+    node = cfg.DSIG
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
 def check_dsig(cfg, values):
-    assert tuple(cfg.DSIG[k] for k in KEYS) == values
+    assert tuple(dsig_value(cfg, k) for k in KEYS) == values
     dsig = cfg.DSIG
     assert (dsig.SIMILARITY, dsig.TEMPERATURE, dsig.ADAPTER) == ("instance", 1.0, "Conv1x1Adapter")
-    assert (dsig.LOSS_WEIGHT, dsig.START_ITER, dsig.STOP_ITER) == (1.0, 0, -1)
+    assert (dsig.START_ITER, dsig.STOP_ITER) == (0, None)
+    assert dsig.MINE_BACKGROUND and dsig.ADAPTIVE_BG_WEIGHT
     assert list(cfg.DISTILL.DISTILLERS) == ["Dsig"]
 
 
@@ -138,7 +146,10 @@ def test_coco_config_values(name):
 def test_coco_teacher_is_a_plain_detector_fitting_the_student(name):
     from detectron2.layers import ShapeSpec
     from detectron2.modeling import META_ARCH_REGISTRY
+    from dsig.detection_graph import DetectionGraph
     from dsig.distiller import Dsig
+
+    from distill.student import describe_student
 
     _, _, teacher_file, _, teacher_depth, values, _, _ = COCO[name]
     assert (REPO / teacher_file).is_file()
@@ -166,10 +177,12 @@ def test_coco_teacher_is_a_plain_detector_fitting_the_student(name):
     # the distiller accepts the pair: the pooled levels exist on both sides, one shared width
     levels = range(2, 7) if arch == "GeneralizedRCNN" else range(3, 8)
     shapes = {f"p{i}": ShapeSpec(channels=256, stride=2**i) for i in levels}
-    kwargs = Dsig.from_config(student, shapes, shapes)
-    assert kwargs["adapter"] is None and kwargs["dense_student"] is (arch != "GeneralizedRCNN")
-    assert kwargs["levels"] == list(student.MODEL[node].IN_FEATURES)
-    assert (kwargs["fg_node_weight"], kwargs["edge_weight"]) == (values[0], values[3])
+    kwargs = Dsig.from_config(student, describe_student(student, shapes), shapes)
+    dense = arch != "GeneralizedRCNN"
+    assert kwargs["adapter"] is None and isinstance(kwargs["graph"], DetectionGraph) is dense
+    if dense:
+        assert kwargs["graph"].levels == list(student.MODEL[node].IN_FEATURES)
+    assert (kwargs["weights"]["fg_node"], kwargs["weights"]["edge"]) == (values[0], values[3])
 
 
 @pytest.mark.parametrize("name", sorted(EMBEDDED))

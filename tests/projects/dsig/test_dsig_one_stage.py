@@ -54,8 +54,8 @@ def test_teacher_equal_to_the_student_gives_zero(tmp_path):
     plain = build_model(cfg)
     (tmp_path / "t.yaml").write_text(cfg.dump())
     DetectionCheckpointer(plain, save_dir=str(tmp_path)).save("t")
-    model = build_model(tiny_cfg("retinanet", *frozen, "DSIG.FEATURE_WEIGHT", 0.5,
-                                 "DSIG.ROI_CLS_WEIGHT", 1.0, "DSIG.ROI_REG_WEIGHT", 1.0,
+    model = build_model(tiny_cfg("retinanet", *frozen, "DSIG.WEIGHTS.FEATURE", 0.5,
+                                 "DSIG.WEIGHTS.ROI_CLS", 1.0, "DSIG.WEIGHTS.ROI_REG", 1.0,
                                  distillers=["Dsig"],
                                  teacher=(tmp_path / "t.yaml", tmp_path / "t.pth")))  # fmt: skip
     model.load_state_dict(plain.state_dict(), strict=False)
@@ -69,9 +69,9 @@ def test_logits_kd_reaches_the_head(teacher_files):
     model = build_model(
         tiny_cfg(
             "retinanet",
-            "DSIG.ROI_CLS_WEIGHT",
+            "DSIG.WEIGHTS.ROI_CLS",
             1.0,
-            "DSIG.ROI_REG_WEIGHT",
+            "DSIG.WEIGHTS.ROI_REG",
             1.0,
             distillers=["Dsig"],
             teacher=teacher_files("retinanet"),

@@ -12,7 +12,7 @@ from detectron2.utils.events import EventStorage
 
 from distill.export import plain_config
 
-ALL_TERMS = ["DSIG.ROI_CLS_WEIGHT", 3.0, "DSIG.ROI_REG_WEIGHT", 1.0, "DSIG.FEATURE_WEIGHT", 0.5,
+ALL_TERMS = ["DSIG.WEIGHTS.ROI_CLS", 3.0, "DSIG.WEIGHTS.ROI_REG", 1.0, "DSIG.WEIGHTS.FEATURE", 0.5,
              "DSIG.MINING_THRESHOLD", 0.0]  # fmt: skip
 
 
@@ -86,9 +86,9 @@ def test_gradient_routing(teacher):
 
 
 def test_switched_off_terms_are_absent(teacher):
-    model = dsig_model(teacher, "DSIG.BG_NODE_WEIGHT", 0.0, "DSIG.ROI_CLS_WEIGHT", 0.0,
-                       "DSIG.ROI_REG_WEIGHT", 0.0, "DSIG.FEATURE_WEIGHT", 0.0,
-                       "DSIG.MINING_THRESHOLD", -1.0)  # fmt: skip
+    model = dsig_model(teacher, "DSIG.WEIGHTS.BG_NODE", 0.0, "DSIG.WEIGHTS.ROI_CLS", 0.0,
+                       "DSIG.WEIGHTS.ROI_REG", 0.0, "DSIG.WEIGHTS.FEATURE", 0.0,
+                       "DSIG.MINE_BACKGROUND", False)  # fmt: skip
     losses = train_step(model, make_batch())
     assert {k for k in losses if k.startswith("loss_dsig_")} == {"loss_dsig_fg_node",
                                                                  "loss_dsig_edge"}  # fmt: skip

@@ -80,9 +80,9 @@ def test_lgd_config_values(name):
     assert (lgd.CONTEXT_BOX, lgd.DETACH_APPEARANCE) == (ctx, detach)
     assert lgd.POST_NONDISTILL_ITERS == post
     assert lgd.PRE_NONDISTILL_ITERS == 30000 and lgd.PRE_FREEZE_STUDENT_BACKBONE_ITERS == 20000
-    assert (lgd.BASE_LR, lgd.WEIGHT_DECAY, lgd.OPTIMIZER) == (-1.0, -1.0, "SGD")
-    assert (lgd.LOSS_WEIGHT, lgd.START_ITER, lgd.STOP_ITER) == (1.0, 0, -1)
-    assert lgd.DISTILL_WEIGHT == lgd.TEACHER_LOSS_WEIGHT == 1.0 and lgd.NUM_HEADS == 8
+    assert (lgd.LR_FACTOR, lgd.WEIGHT_DECAY_FACTOR, lgd.OPTIMIZER) == (1.0, 1.0, "SGD")
+    assert (lgd.START_ITER, lgd.STOP_ITER) == (0, None)
+    assert lgd.WEIGHTS == {"DISTILL": 1.0, "TEACHER": 1.0} and lgd.NUM_HEADS == 8
     assert lgd.INTERACTION == "appearance_query"
 
     resnets = cfg.MODEL.RESNETS

@@ -173,8 +173,8 @@ def test_inference_is_the_plain_detector(family):
 
 
 def test_teacher_and_adapter_solvers():
-    cfg = tiny_cfg("retinanet", "LGD.OPTIMIZER", "AdamW", "LGD.BASE_LR", 1e-4,
-                   "LGD.WEIGHT_DECAY", 0.05, distillers=["LGD"])  # fmt: skip
+    cfg = tiny_cfg("retinanet", "LGD.OPTIMIZER", "AdamW", "LGD.LR_FACTOR", 0.01,
+                   "LGD.WEIGHT_DECAY_FACTOR", 500.0, distillers=["LGD"])  # fmt: skip
     model = build_model(cfg)
     optimizer = DistillTrainer.build_optimizer(cfg, model)
     adamw, sgd = optimizer.optimizers["AdamW"], optimizer.optimizers["SGD"]
@@ -183,8 +183,8 @@ def test_teacher_and_adapter_solvers():
     in_adamw = {id(p) for g in adamw.param_groups for p in g["params"]}
     in_sgd = {id(p) for g in sgd.param_groups for p in g["params"]}
     assert in_adamw == teacher and adapter <= in_sgd and not in_adamw & in_sgd
-    assert {g["lr"] for g in adamw.param_groups} == {1e-4}
-    assert {g["weight_decay"] for g in adamw.param_groups} == {0.05}
+    assert {g["lr"] for g in adamw.param_groups} == {0.01 * cfg.SOLVER.BASE_LR}
+    assert {g["weight_decay"] for g in adamw.param_groups} == {500.0 * cfg.SOLVER.WEIGHT_DECAY}
 
 
 def test_unsupported_student_is_refused():

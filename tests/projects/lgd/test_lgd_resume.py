@@ -14,7 +14,7 @@ OPTS = [
     "SOLVER.BASE_LR", 0.01, "SEED", 5, "DATASETS.TEST", (), "SOLVER.MAX_ITER", 5,
     "MODEL.RESNETS.NORM", "FrozenBN",  # batch statistics of 2 tiny images amplify rounding
     "LGD.PRE_NONDISTILL_ITERS", 2, "LGD.PRE_FREEZE_STUDENT_BACKBONE_ITERS", 3,
-    "LGD.OPTIMIZER", "AdamW", "LGD.BASE_LR", 1e-4,
+    "LGD.OPTIMIZER", "AdamW", "LGD.LR_FACTOR", 0.01,
 ]  # fmt: skip
 
 

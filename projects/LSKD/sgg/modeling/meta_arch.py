@@ -21,7 +21,6 @@ from detectron2.structures import Boxes, Instances, pairwise_iou
 
 from distill.errors import ConfigKeyError
 from distill.modeling.distill_arch import DistillMixin
-from distill.modeling.meta_arch import HEAD_CONFIG_NODES, PLAIN_META_ARCHITECTURES
 from sgg.modeling.frequency_bias import predicate_statistics
 from sgg.modeling.relation_head import RelationHead
 
@@ -232,6 +231,6 @@ class DistillSceneGraphRCNN(DistillMixin, SceneGraphRCNN):
     e.g. ``relation_head.predictor`` (RelationOutputs) and ``relation_head.sampler`` (sampled
     pairs and predicate labels)."""
 
-
-PLAIN_META_ARCHITECTURES["DistillSceneGraphRCNN"] = "SceneGraphRCNN"
-HEAD_CONFIG_NODES.update({"DistillSceneGraphRCNN": "ROI_HEADS", "SceneGraphRCNN": "ROI_HEADS"})
+    student_kind = "scene_graph"
+    head_config_node = "ROI_HEADS"
+    plain_architecture = "SceneGraphRCNN"

@@ -234,6 +234,7 @@ def test_a_distiller_reads_predicate_logits_and_pair_labels():
 
     class PredicateKD(Distiller):
         config_node = "PREDICATE_KD"
+        terms = {"ce": 1.0}
         needs = frozenset({"gt_instances"})
 
         @configurable
