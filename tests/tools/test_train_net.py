@@ -1,6 +1,6 @@
 """tools/train_net.py end to end: a 2-process CPU run under torchrun, --eval-only, a distiller
-from a user's file (--import), and the refusals that keep runs safe (bad weights, overwriting a
-run, resuming another model, names that nothing registered)."""
+from a user's file (--import), --random-teacher, and the refusals that keep runs safe (bad
+weights, overwriting a run, resuming another model, names that nothing registered)."""
 
 from __future__ import annotations
 
@@ -185,3 +185,37 @@ def test_a_distiller_in_a_file_outside_the_repository_trains_through_import(tmp_
     assert metrics[-1]["iteration"] == 1 and math.isfinite(metrics[-1]["loss_user_norm_kd_l2"])
     assert "UserNormKD reads p4" in (out / "log.txt").read_text()  # the user's logger is set up
     assert f"- {kd}" in (out / "config.yaml").read_text()  # DISTILL.IMPORTS: the run reloads
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--eval-only", "--config-file", "configs/embedded/faster_rcnn_R18_feature_kd.yaml"],
+         "--random-teacher trains with a random teacher; --eval-only builds no teacher"),
+        (["--config-file", "configs/embedded/faster_rcnn_R18_small.yaml"],
+         "--random-teacher: the config has no DISTILL.DISTILLERS; there is no teacher to replace"),
+    ],
+)  # fmt: skip
+def test_random_teacher_refusals_are_one_line(tmp_path, args, message):
+    args = [str(REPO / a) if a.endswith(".yaml") else a for a in args]
+    last = run_failing(["--random-teacher", *args, *OPTS], tmp_path).splitlines()[-1]
+    assert last.startswith(f"error: {message}"), last
+
+
+@pytest.mark.timeout(600)
+def test_random_teacher_run_says_so_in_its_log(tmp_path):
+    out = tmp_path / "out"
+    cmd = [
+        sys.executable, TRAIN_NET, "--random-teacher",
+        "--config-file", str(REPO / "configs/embedded/faster_rcnn_R18_feature_kd.yaml"),
+        *OPTS, "SOLVER.MAX_ITER", "2", "DATASETS.TEST", "()", "OUTPUT_DIR", str(out),
+        "DISTILL.TEACHER.CONFIG_FILE", str(REPO / "configs/embedded/faster_rcnn_R34_teacher.yaml"),
+        "DISTILL.TEACHER.WEIGHTS", str(tmp_path / "absent.pth"),
+    ]  # fmt: skip
+    log = run(cmd, tmp_path)
+    notice = "RANDOM TEACHER: losses are meaningless; for wiring checks only"
+    assert log.count(notice) == 2  # when training starts and at the logging period (the end)
+    assert (out / "log.txt").read_text().count(notice) == 2
+    weights = out / "random_teacher" / "random_teacher.pth"
+    assert f"{notice} (DISTILL.TEACHER.WEIGHTS {weights})" in log and weights.is_file()
+    assert "loss_feature_kd_mse" in (out / "metrics.json").read_text()
