@@ -20,6 +20,7 @@ from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage
 
 from distill.errors import ConfigValueError
+from distill.modeling.distill_arch import distillers_reading_teacher
 
 logger = logging.getLogger(__name__)
 
@@ -58,20 +59,6 @@ def calibrate_frozen_batchnorm(model: torch.nn.Module, batch: list[dict]) -> int
             handle.remove()
         model.train(was_training)
     return len(layers) - len(handles)
-
-
-def distillers_reading_teacher(cfg: CfgNode) -> list[str]:
-    """The names in ``DISTILL.DISTILLERS`` whose distiller reads a teacher (features or model);
-    an empty list means the Distill model builds no teacher (e.g. LGD's implicit one)."""
-    from distill.distiller import TEACHER_ITEMS
-    from distill.registry import get_distiller_class
-    from distill.student import describe_student
-
-    names = cfg.DISTILL.DISTILLERS
-    if not names:
-        return []
-    student = describe_student(cfg)
-    return [n for n in names if get_distiller_class(n).needs_for(cfg, student) & TEACHER_ITEMS]
 
 
 def no_teacher_reason(cfg: CfgNode) -> str | None:

@@ -35,7 +35,7 @@ from distill.checkpoint import expand_path
 from distill.engine import train_and_evaluate
 from distill.errors import DivergenceError, run_cli
 from distill.launch import setup_run_logging
-from distill.random_teacher import distillers_reading_teacher
+from distill.modeling.distill_arch import distillers_reading_teacher
 from distill.teacher_card import TeacherCardError, read_card
 from distill.user_code import add_import_argument, load_config
 

@@ -55,6 +55,17 @@ def build_distillation(cfg, student: StudentSpec) -> dict:
     return {"distillers": distillers, "teacher": teacher}
 
 
+def distillers_reading_teacher(cfg) -> list[str]:
+    """The names in ``DISTILL.DISTILLERS`` whose distiller reads a teacher (features or model),
+    by the same ``needs_for`` decision :func:`build_distillation` makes; an empty list means
+    the Distill model builds no teacher (e.g. LGD's implicit one)."""
+    names = list(cfg.DISTILL.DISTILLERS)
+    if not names:
+        return []
+    student = describe_student(cfg)
+    return [n for n in names if get_distiller_class(n).needs_for(cfg, student) & TEACHER_ITEMS]
+
+
 def check_available(name: str, needs: frozenset[str], student: StudentSpec) -> None:
     """Refuse items that this kind of student does not produce."""
     if "sampled_proposals" in needs and not student.has_roi_heads:
